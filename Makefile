@@ -1,0 +1,39 @@
+# Two commands do all the set-up: `make run` and `make test`.
+# Both create .venv on first use and install the pinned stack (constraints.txt).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= configs/default.toml
+STORE  ?= latentstore-data
+PYTEST_ARGS ?=
+
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export SPARK_CONF_DIR ?= $(CURDIR)/infra/spark
+export DO_NOT_TRACK = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
+.PHONY: run test bench clean-store help
+
+help:
+	@echo "make run    # install if needed, then run the pipeline on $(CONFIG) into $(STORE)/"
+	@echo "make test   # install if needed, then run the whole test suite"
+	@echo "make bench  # run the benchmarks (writes benchmarks/results/*.json)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/latentstore run $(CONFIG) --store $(STORE)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/movielens.py
+	$(PY) benchmarks/index.py
+
+clean-store:
+	rm -rf $(STORE)

@@ -1,0 +1,1 @@
+"""Small helpers shared by every stage: config base, hashing, atomic files, logging."""

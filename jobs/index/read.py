@@ -1,0 +1,58 @@
+"""Read raw input with Spark into canonical text columns, keeping malformed lines."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from jobs.index.config import ColumnMap
+from jobs.index.probe import ProbedInput
+from schemas.ratings import CANONICAL_COLUMNS
+
+CORRUPT = "_corrupt_record"
+POSITION = "_pos"
+
+
+def _quoted(name: str) -> F.Column:
+    return F.col(f"`{name}`")
+
+
+def _text_schema(names: list[str]) -> StructType:
+    return StructType([StructField(n, StringType()) for n in names] + [StructField(CORRUPT, StringType())])
+
+
+def read_raw(spark: SparkSession, probed: ProbedInput, columns: ColumnMap) -> DataFrame:
+    """One row per input record with canonical columns as trimmed text (empty -> NULL),
+    ``raw_record`` (the unparsable line, if any), ``source_file`` and a stable position."""
+    paths = [str(p) for p in probed.files]
+    mapping = {canon: raw for canon, raw in columns.model_dump().items() if raw}
+    # PERMISSIVE + a corrupt-record column: malformed lines are kept for quarantine,
+    # where DROPMALFORMED would lose them silently.
+    permissive = (
+        spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+    )
+    if probed.is_text:
+        frame = (
+            permissive.schema(_text_schema(probed.columns))
+            .option("header", probed.header)
+            .option("sep", probed.separator)
+            .option("enforceSchema", True)
+            .csv(paths)
+        )
+    elif probed.format == "jsonl":
+        frame = permissive.schema(_text_schema(list(dict.fromkeys(mapping.values())))).json(paths)
+    else:
+        frame = spark.read.parquet(*paths).withColumn(CORRUPT, F.lit(None).cast("string"))
+
+    def text(canon: str) -> F.Column:
+        if canon not in mapping:
+            return F.lit(None).cast("string").alias(canon)
+        return F.nullif(F.trim(_quoted(mapping[canon]).cast("string")), F.lit("")).alias(canon)
+
+    return frame.select(
+        *[text(c) for c in CANONICAL_COLUMNS],
+        F.col(CORRUPT).alias("raw_record"),
+        F.col("_metadata.file_path").alias("source_file"),
+        F.monotonically_increasing_id().alias(POSITION),
+    )

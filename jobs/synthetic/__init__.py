@@ -1,0 +1,1 @@
+"""Deterministic synthetic inputs with planted structure, for the demo, tests and benchmarks."""

@@ -1,0 +1,9 @@
+"""Data contracts every stage agrees on.
+
+Nothing here imports Spark, torch, DuckDB or Prefect: the contracts are plain
+Python so that any stage (and any test) can import them cheaply.
+"""
+
+from schemas.errors import ConfigError, InputError, LatentstoreError, StoreError, StoreLockedError
+
+__all__ = ["ConfigError", "InputError", "LatentstoreError", "StoreError", "StoreLockedError"]

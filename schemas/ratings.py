@@ -1,0 +1,51 @@
+"""The ratings contract: canonical columns and the validation rules of the index stage.
+
+Raw input columns are mapped onto these canonical names by the config
+(``[input.columns]``). Every raw row ends in exactly one of four outcomes:
+
+- ``kept``: valid, and the latest rating of its (user, item) pair;
+- ``quarantined``: failed a rule below; written with its reason;
+- ``duplicate``: an exact copy (user, item, rating, timestamp) of a kept row;
+- ``superseded``: the same (user, item) rated again later; the latest wins.
+
+so that ``read == kept + quarantined + duplicates + superseded`` always holds.
+"""
+
+from enum import StrEnum
+
+USER = "user"
+ITEM = "item"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+
+#: Canonical columns, in order; TIMESTAMP is optional in the input.
+CANONICAL_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
+REQUIRED_COLUMNS = (USER, ITEM, RATING)
+#: Columns that become vocabularies (entity name == column name).
+ID_COLUMNS = (USER, ITEM)
+
+
+class Reason(StrEnum):
+    """Why a row was quarantined. The first failing rule, in this order, wins."""
+
+    MALFORMED_LINE = "malformed_line"  # wrong field count / unparsable record
+    MISSING_USER = "missing_user"
+    MISSING_ITEM = "missing_item"
+    MISSING_RATING = "missing_rating"
+    NON_NUMERIC_RATING = "non_numeric_rating"
+    RATING_OUT_OF_RANGE = "rating_out_of_range"
+    MISSING_TIMESTAMP = "missing_timestamp"  # only when a timestamp column is mapped
+    UNPARSABLE_TIMESTAMP = "unparsable_timestamp"
+
+
+class Outcome(StrEnum):
+    KEPT = "kept"
+    QUARANTINED = "quarantined"
+    DUPLICATE = "duplicate"
+    SUPERSEDED = "superseded"
+
+
+#: Columns of the interactions table in a snapshot (one Parquet dataset per split).
+INTERACTION_COLUMNS = {"user": "int32", "item": "int32", "rating": "float32", "timestamp": "int64"}
+#: Quarantine table columns: the raw fields as text, then why and where.
+QUARANTINE_COLUMNS = ("user", "item", "rating", "timestamp", "raw_record", "reason", "source_file")
