@@ -1,0 +1,1 @@
+"""The train stage: learn vectors from a snapshot with PyTorch (CUDA when present)."""

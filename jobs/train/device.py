@@ -1,0 +1,25 @@
+"""Device and thread selection: CUDA when present, else a bounded number of CPU threads."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from schemas.errors import ConfigError
+
+        raise ConfigError(f"train.device = {requested!r} but no CUDA device is available")
+    return device
+
+
+def configure_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads; bitwise reproducibility holds for equal thread counts."""
+    count = threads or min(os.cpu_count() or 1, 8)
+    torch.set_num_threads(count)
+    return count
