@@ -1,0 +1,1 @@
+"""The publish stage: vectors -> immutable DuckDB version files, pointers, registry, current.sql."""

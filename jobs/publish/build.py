@@ -1,0 +1,86 @@
+"""Build one immutable DuckDB version file: a table per entity plus ``meta``.
+
+Each entity table: ``key VARCHAR`` (the original id), ``vector FLOAT[dim]``,
+``bias FLOAT``, ``count BIGINT`` (ratings in the snapshot), ``idx INTEGER``
+(the dense index), a unique ART index on ``key`` and, at ``hnsw_min_rows``
+rows or more, an HNSW index (cosine) on ``vector``. The reserved unknown
+index 0 is not published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from jobs.publish.config import PublishConfig
+from latentstore.duck import connect
+from schemas.snapshot import vocab_dir
+from schemas.store import check_name
+from schemas.vocab import UNKNOWN_INDEX
+
+log = logging.getLogger(__name__)
+
+
+def build_version_file(
+    target: Path, cfg: PublishConfig, run_dir: Path, snapshot_dir: Path, result: dict, meta: dict
+) -> dict[str, dict]:
+    """Write the version file at ``target`` (a fresh path); return per-entity table info."""
+    con = connect(target)
+    entities: dict[str, dict] = {}
+    try:
+        con.execute("SET hnsw_enable_experimental_persistence = true")
+        for entity, info in sorted(result["entities"].items()):
+            table = check_name(entity, "entity")
+            dim = int(info["dim"])
+            con.execute(
+                f"""
+                CREATE TABLE "{table}" AS
+                SELECT v.key::VARCHAR AS key, x.vector::FLOAT[{dim}] AS vector, x.bias::FLOAT AS bias,
+                       v.count::BIGINT AS count, v.index::INTEGER AS idx
+                FROM read_parquet($vocab) v JOIN read_parquet($vectors) x ON x.index = v.index
+                WHERE v.index <> $unknown
+                ORDER BY v.index
+                """,
+                {
+                    "vocab": str(snapshot_dir / vocab_dir(entity) / "*.parquet"),
+                    "vectors": str(run_dir / "vectors" / f"{entity}.parquet"),
+                    "unknown": UNKNOWN_INDEX,
+                },
+            )
+            rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            con.execute(f'CREATE UNIQUE INDEX "{table}_key" ON "{table}" (key)')
+            hnsw = rows >= cfg.hnsw_min_rows
+            if hnsw:
+                started = time.perf_counter()
+                con.execute(
+                    f'CREATE INDEX "{table}_hnsw" ON "{table}" USING HNSW (vector) '
+                    f"WITH (metric = 'cosine', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
+                )
+                log.info("HNSW index on %s.%s: %d rows in %.1fs", cfg.model, table, rows, time.perf_counter() - started)
+            entities[entity] = {"table": table, "rows": rows, "dim": dim, "hnsw": hnsw}
+        con.execute(
+            """
+            CREATE TABLE meta AS SELECT
+                $model::VARCHAR AS model, $version::INTEGER AS version, $run_id::VARCHAR AS run_id,
+                $snapshot_id::VARCHAR AS snapshot_id, $model_kind::VARCHAR AS model_kind,
+                $y_low::DOUBLE AS y_low, $y_high::DOUBLE AS y_high, $created_at::TIMESTAMPTZ AS created_at,
+                $entities::JSON AS entities, $params::JSON AS params, $metrics::JSON AS metrics
+            """,
+            {
+                **{k: meta[k] for k in ("model", "version", "run_id", "snapshot_id", "model_kind", "created_at")},
+                "y_low": result["params"]["y_range"][0],
+                "y_high": result["params"]["y_range"][1],
+                "entities": json.dumps(entities),
+                "params": json.dumps(result["config"]),
+                "metrics": json.dumps({k: v for k, v in result["metrics"].items() if k != "history"}),
+            },
+        )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    with open(target, "rb+") as fh:  # durable before it is renamed into place
+        os.fsync(fh.fileno())
+    return entities

@@ -1,0 +1,130 @@
+"""Render current.sql: the script that turns a plain DuckDB session into a store reader.
+
+It ATTACHes every model's current version READ_ONLY under the model's name,
+loads vss from the store's own extension directory (offline), and defines
+TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
+
+- ``embeddings(model, entity, key, vector FLOAT[], bias, count, version)``: every current table.
+- ``models``: one row per current model (version, run, snapshot, output range).
+- ``versions``: every published version from the registry, with ``is_current``.
+- ``pointer_events``: every pointer change (publish, rollback).
+- ``vector_of(model, entity, key)``; ``most_similar(model, entity, key, k)``;
+  ``nearest(model, entity, vector, k)``; ``recommend(model, user_key, k)``:
+  exact search, any model.
+- ``<model>_<entity>_nearest(vector, k)``: the HNSW fast path on the model's own
+  table (vss only uses the index on a base table with a constant query vector).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas.store import StoreLayout, check_name
+
+_VERSION_COLUMNS = {
+    "model": "VARCHAR",
+    "version": "INTEGER",
+    "created_at": "TIMESTAMPTZ",
+    "run_id": "VARCHAR",
+    "snapshot_id": "VARCHAR",
+    "dataset": "VARCHAR",
+    "model_kind": "VARCHAR",
+    "dim": "INTEGER",
+    "metric_name": "VARCHAR",
+    "metric_value": "DOUBLE",
+    "metric_direction": "VARCHAR",
+    "metrics": "JSON",
+    "params": "JSON",
+    "entities": "JSON",
+    "snapshot_manifest": "JSON",
+    "code_version": "VARCHAR",
+    "git_commit": "VARCHAR",
+    "file": "VARCHAR",
+}
+_EVENT_COLUMNS = {
+    "at": "TIMESTAMPTZ",
+    "model": "VARCHAR",
+    "event": "VARCHAR",
+    "from_version": "INTEGER",
+    "to_version": "INTEGER",
+    "run_id": "VARCHAR",
+}
+
+
+def literal(text: str) -> str:
+    """A SQL string literal (single quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _struct(columns: dict[str, str]) -> str:
+    return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
+
+
+def render(store: StoreLayout, current: dict[str, dict]) -> str:
+    """``current`` maps each model to its current version's registry record."""
+    lines = [
+        f"-- latentstore current.sql, generated {datetime.now(UTC).isoformat(timespec='seconds')}; do not edit.",
+        f"-- Open the store with the duckdb CLI:  duckdb -init {store.current_sql}",
+        "SET autoinstall_known_extensions = false;",
+        f"SET extension_directory = {literal(str(store.extensions))};",
+        "LOAD vss;",
+    ]
+    embeddings, models = [], []
+    macros = []
+    for model, record in sorted(current.items()):
+        check_name(model, "model")
+        path = store.root / record["file"]
+        lines.append(f"ATTACH IF NOT EXISTS {literal(str(path))} AS {model} (READ_ONLY);")
+        models.append(
+            f"SELECT model, version, run_id, snapshot_id, model_kind, y_low, y_high, created_at FROM {model}.meta"
+        )
+        for entity, info in sorted(record["entities"].items()):
+            table = f"{model}.{check_name(info['table'], 'entity')}"
+            embeddings.append(
+                f"SELECT {literal(model)} AS model, {literal(entity)} AS entity, key, vector::FLOAT[] AS vector, "
+                f"bias, count, {int(record['version'])} AS version FROM {table}"
+            )
+            vector_type = f"FLOAT[{int(info['dim'])}]"
+            macros.append(
+                f"CREATE OR REPLACE TEMP MACRO {model}_{entity}_nearest(query_vector, k := 10) AS TABLE\n"
+                f"  SELECT key, array_cosine_distance(vector, query_vector::{vector_type}) AS distance, bias, count\n"
+                f"  FROM {table}\n"
+                f"  ORDER BY array_cosine_distance(vector, query_vector::{vector_type}) LIMIT k;"
+            )
+    lines.append("CREATE OR REPLACE TEMP VIEW embeddings AS\n  " + "\n  UNION ALL ".join(embeddings) + ";")
+    lines.append("CREATE OR REPLACE TEMP VIEW models AS\n  " + "\n  UNION ALL ".join(models) + ";")
+    pointer_rows = ", ".join(f"({literal(m)}, {int(r['version'])})" for m, r in sorted(current.items()))
+    versions_glob = literal(str(store.registry_versions / "*" / "*.json"))
+    events_glob = literal(str(store.registry_events / "*.json"))
+    lines += [
+        "CREATE OR REPLACE TEMP VIEW versions AS\n"
+        f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current\n"
+        f"  FROM read_json({versions_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)}) r\n"
+        f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model;",
+        "CREATE OR REPLACE TEMP VIEW pointer_events AS\n"
+        f"  SELECT * FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
+        "CREATE OR REPLACE TEMP MACRO vector_of(model_name, entity_name, key_value) AS\n"
+        "  (SELECT vector FROM embeddings WHERE model = model_name AND entity = entity_name AND key = key_value);",
+        "CREATE OR REPLACE TEMP MACRO most_similar(model_name, entity_name, key_value, k := 10) AS TABLE\n"
+        "  SELECT e.key, list_cosine_distance(e.vector, q.vector) AS distance, e.bias, e.count\n"
+        "  FROM embeddings e,\n"
+        "       (SELECT vector FROM embeddings WHERE model = model_name AND entity = entity_name AND key = key_value) q\n"
+        "  WHERE e.model = model_name AND e.entity = entity_name AND e.key <> key_value\n"
+        "  ORDER BY distance, e.key LIMIT k;",
+        "CREATE OR REPLACE TEMP MACRO nearest(model_name, entity_name, query_vector, k := 10) AS TABLE\n"
+        "  SELECT key, list_cosine_distance(vector, query_vector::FLOAT[]) AS distance, bias, count\n"
+        "  FROM embeddings WHERE model = model_name AND entity = entity_name\n"
+        "  ORDER BY distance, key LIMIT k;",
+        "CREATE OR REPLACE TEMP MACRO recommend(model_name, user_key, k := 10) AS TABLE\n"
+        "  SELECT i.key,\n"
+        "         m.y_low + (m.y_high - m.y_low) / (1 + exp(-(list_dot_product(u.vector, i.vector) + u.bias + i.bias)))\n"
+        "           AS predicted_rating,\n"
+        "         i.count\n"
+        "  FROM embeddings i,\n"
+        "       (SELECT vector, bias FROM embeddings WHERE model = model_name AND entity = 'user' AND key = user_key) u,\n"
+        "       (SELECT y_low, y_high FROM models WHERE model = model_name) m\n"
+        "  WHERE i.model = model_name AND i.entity = 'item'\n"
+        "  ORDER BY predicted_rating DESC, i.key LIMIT k;",
+        *macros,
+    ]
+    return "\n".join(lines) + "\n"
