@@ -1,0 +1,113 @@
+"""The pipeline flow: index -> train -> publish, a task per stage.
+
+Tasks that touch storage retry on transient I/O errors (OSError), never on
+bad input or config (LatentstoreError), which would fail again the same way.
+Counts, metrics and the published version are logged and recorded as artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from prefect.logging.handlers import APILogHandler
+
+from jobs import stages
+from jobs.config import PipelineConfig, load_config
+from schemas.errors import LatentstoreError
+from schemas.store import StoreLayout
+
+_JOB_LOGGERS = ("jobs", "latentstore")
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry policy: only I/O errors that are not the user's input or config."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, LatentstoreError)
+
+
+@contextlib.contextmanager
+def job_logs_to_prefect() -> Iterator[None]:
+    """Send the jobs' standard-library logs to the Prefect run's logs too."""
+    handler = APILogHandler()
+    loggers = [logging.getLogger(name) for name in _JOB_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+# Caching lives in the stages themselves (snapshot id, run id): a rerun on the
+# same input and config does no work whatever Prefect remembers.
+_storage_task = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, cache_policy=NONE)
+
+
+@task(name="index", **_storage_task)
+def index_task(cfg: PipelineConfig, store: str) -> dict:
+    with job_logs_to_prefect():
+        return stages.index(cfg, StoreLayout(store))
+
+
+@task(name="train", **_storage_task)
+def train_task(cfg: PipelineConfig, store: str, snapshot_id: str, resume: bool) -> dict:
+    with job_logs_to_prefect():
+        return stages.train(cfg, StoreLayout(store), snapshot_id=snapshot_id, resume=resume)
+
+
+@task(name="publish", **_storage_task)
+def publish_task(cfg: PipelineConfig, store: str, run_id: str, snapshot_id: str) -> dict:
+    with job_logs_to_prefect():
+        return stages.publish(cfg, StoreLayout(store), run_id=run_id, snapshot_id=snapshot_id)
+
+
+@flow(name="latentstore-pipeline", log_prints=False)
+def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
+             resume: bool = True) -> dict:
+    """Index, train and publish one config into one store."""
+    logger = get_run_logger()
+    cfg = load_config(config_path, input_path)
+    store = str(StoreLayout(store).root)
+    indexed = index_task(cfg, store)
+    counts = indexed["counts"]
+    logger.info(
+        "snapshot %s%s: read %d, kept %d, quarantined %d, duplicates %d, superseded %d",
+        indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", counts["read"], counts["kept"],
+        counts["quarantined"], counts["duplicates"], counts["superseded"],
+    )
+    trained = train_task(cfg, store, indexed["snapshot_id"], resume)
+    logger.info("run %s%s: %s", trained["run_id"], " (reused)" if trained["reused"] else "", trained["metrics"])
+    published = publish_task(cfg, store, trained["run_id"], indexed["snapshot_id"])
+    logger.info("published %s v%d%s", published["model"], published["version"],
+                " (already current)" if published["reused"] else "")
+    _artifacts(cfg, indexed, trained, published)
+    return {"index": indexed, "train": trained, "publish": published}
+
+
+def _artifacts(cfg: PipelineConfig, indexed: dict, trained: dict, published: dict) -> None:
+    counts = {k: v for k, v in indexed["counts"].items() if k != "quarantine_reasons"}
+    create_table_artifact([counts], key=f"{cfg.name.replace('_', '-')}-counts", description="Rows by outcome")
+    create_table_artifact(
+        [{k: v for k, v in epoch.items()} for epoch in trained["history"]] or [{"epoch": "reused"}],
+        key=f"{cfg.name.replace('_', '-')}-epochs",
+        description="Metrics per epoch",
+    )
+    metric = trained["metrics"].get("valid_rmse")
+    tables = ", ".join(f"{e} {i['rows']} x {i['dim']}" for e, i in published["entities"].items())
+    create_markdown_artifact(
+        f"# {published['model']} v{published['version']}\n\n"
+        f"- snapshot `{indexed['snapshot_id']}`, run `{trained['run_id']}`\n"
+        f"- valid RMSE: {metric if metric is None else f'{metric:.4f}'}\n"
+        f"- quarantined rows: {indexed['counts']['quarantined']} {indexed['counts']['quarantine_reasons']}\n"
+        f"- tables: {tables}\n",
+        key=f"{cfg.name.replace('_', '-')}-published",
+        description="What this run published",
+    )

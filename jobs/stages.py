@@ -1,0 +1,53 @@
+"""The three stages as plain functions over a PipelineConfig: what flows and the CLI call.
+
+Each returns a small JSON-able summary so that it can cross a Prefect task
+boundary; the heavy artifacts stay in the store.
+"""
+
+from __future__ import annotations
+
+from jobs.common.files import read_json
+from jobs.config import PipelineConfig
+from jobs.index.snapshots import latest_id, read_manifest
+from schemas.errors import StoreError
+from schemas.store import StoreLayout
+
+
+def index(cfg: PipelineConfig, store: StoreLayout) -> dict:
+    from jobs.index.job import run
+
+    result = run(cfg.index, store)
+    return {"snapshot_id": result.snapshot_id, "reused": result.reused, "counts": result.manifest.counts.model_dump(),
+            "vocab": {k: v.model_dump() for k, v in result.manifest.vocab.items()}}
+
+
+def _snapshot(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None):
+    snapshot_id = snapshot_id or latest_id(store, cfg.index.dataset)
+    if snapshot_id is None:
+        raise StoreError(f"no snapshot of dataset {cfg.index.dataset!r} in {store.root}; run the index stage first")
+    directory = store.snapshot_dir(cfg.index.dataset, snapshot_id)
+    return directory, read_manifest(directory)
+
+
+def train(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None = None, resume: bool = True) -> dict:
+    from jobs.train.job import run
+
+    directory, manifest = _snapshot(cfg, store, snapshot_id)
+    result = run(cfg.train, store, directory, manifest, resume=resume)
+    return {"run_id": result.run_id, "snapshot_id": manifest.snapshot_id, "reused": result.reused,
+            "metrics": {k: v for k, v in result.result["metrics"].items() if k != "history"},
+            "history": result.result["metrics"]["history"]}
+
+
+def publish(cfg: PipelineConfig, store: StoreLayout, run_id: str | None = None, snapshot_id: str | None = None) -> dict:
+    from jobs.publish.job import run
+    from jobs.train.job import RESULT, run_id_for
+
+    directory, manifest = _snapshot(cfg, store, snapshot_id)
+    run_id = run_id or run_id_for(manifest.snapshot_id, cfg.train)
+    run_dir = store.run_dir(run_id)
+    if not (run_dir / RESULT).is_file():
+        raise StoreError(f"training run {run_id} has not finished in {store.root}; run the train stage first")
+    result = run(cfg.publish, store, run_dir, read_json(run_dir / RESULT), directory, manifest)
+    return {"model": result.model, "version": result.version, "reused": result.reused,
+            "file": str(result.path), "entities": result.record["entities"]}

@@ -1,0 +1,259 @@
+"""The `latentstore` command: run the pipeline, query the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from schemas.errors import LatentstoreError
+
+app = typer.Typer(
+    help="Learn embeddings from behaviour data and serve them as a SQL feature store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+DEFAULT_STORE = Path("latentstore-data")
+StoreOption = Annotated[Path, typer.Option("--store", help="Store root: everything a run writes lives here.")]
+log = logging.getLogger("latentstore.cli")
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
+                                           datefmt="%H:%M:%S"))
+    for name in ("jobs", "latentstore", "flows"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _prefect_env(store: Path) -> None:
+    """Keep Prefect's state inside the store unless the user configured Prefect."""
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(store.resolve() / ".prefect")))
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _preflight(config: Path, input_path: Path | None):
+    """Everything that can be checked without Spark or Prefect, before anything is written."""
+    from jobs.config import load_config
+    from jobs.index.probe import probe
+
+    cfg = load_config(config, str(input_path) if input_path else None)
+    if cfg.index.input.path is not None and "://" not in cfg.index.input.path:
+        probe(cfg.index.input)
+    return cfg
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
+    store: StoreOption = DEFAULT_STORE,
+    input: Annotated[Path | None, typer.Option("--input", help="Read this file or folder instead of the config's input.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its checkpoint.")] = True,
+) -> None:
+    """Index, train and publish CONFIG as one Prefect flow run."""
+    _setup_logging()
+    try:
+        cfg = _preflight(config, input)
+        _prefect_env(store)
+        from flows.pipeline import pipeline
+
+        summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume)
+    except LatentstoreError as exc:
+        _fail(str(exc))
+    _print_summary(cfg, store, summary)
+
+
+def _print_summary(cfg, store: Path, summary: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    published = summary["publish"]
+    model, version = published["model"], published["version"]
+    counts = summary["index"]["counts"]
+    rmse = summary["train"]["metrics"].get("valid_rmse")
+    console.print(f"\n[bold green]published[/] {model} v{version} into {store.resolve()}")
+    console.print(
+        f"  rows: read {counts['read']}, kept {counts['kept']}, quarantined {counts['quarantined']}, "
+        f"duplicates {counts['duplicates']}, superseded {counts['superseded']}"
+    )
+    console.print(f"  validation RMSE: {rmse:.4f}" if rmse is not None else "  validation RMSE: n/a")
+    for entity, info in sorted(published["entities"].items()):
+        console.print(f"  {model}.{entity}: {info['rows']} vectors of dim {info['dim']}"
+                      f"{' (HNSW index)' if info['hnsw'] else ''}")
+    from latentstore import connect
+
+    con = connect(store)
+    item = con.execute(
+        "SELECT key FROM embeddings WHERE model = ? AND entity = 'item' ORDER BY count DESC, key LIMIT 1", [model]
+    ).fetchone()[0]
+    user = con.execute(
+        "SELECT key FROM embeddings WHERE model = ? AND entity = 'user' ORDER BY count DESC, key LIMIT 1", [model]
+    ).fetchone()[0]
+    con.close()
+    console.print("\nTry:", style="bold")
+    for line in (
+        f"latentstore similar --store {store} --model {model} --entity item {item}",
+        f"latentstore sql --store {store} \"SELECT * FROM most_similar('{model}', 'item', '{item}', k := 5)\"",
+        f"latentstore sql --store {store} \"SELECT * FROM recommend('{model}', '{user}', k := 5)\"",
+        f"duckdb -init {store}/current.sql",
+    ):
+        typer.echo(f"  {line}")
+
+
+@app.command()
+def index(config: Path, store: StoreOption = DEFAULT_STORE,
+          input: Annotated[Path | None, typer.Option("--input")] = None) -> None:
+    """Run only the index stage (Spark): raw input -> snapshot."""
+    _run_stage("index", config, store, input)
+
+
+@app.command()
+def train(config: Path, store: StoreOption = DEFAULT_STORE,
+          snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: the dataset's latest).")] = None,
+          resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True) -> None:
+    """Run only the train stage (PyTorch) on a snapshot."""
+    _run_stage("train", config, store, None, snapshot_id=snapshot, resume=resume)
+
+
+@app.command()
+def publish(config: Path, store: StoreOption = DEFAULT_STORE,
+            snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: the dataset's latest).")] = None) -> None:
+    """Run only the publish stage (DuckDB) for the config's finished training run."""
+    _run_stage("publish", config, store, None, snapshot_id=snapshot)
+
+
+def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, **kwargs) -> None:
+    _setup_logging()
+    from jobs import stages
+    from schemas.store import StoreLayout
+
+    try:
+        cfg = _preflight(config, input_path) if name == "index" else _load(config)
+        summary = getattr(stages, name)(cfg, StoreLayout(store), **kwargs)
+    except LatentstoreError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+
+
+def _load(config: Path):
+    from jobs.config import load_config
+
+    return load_config(config)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the store (views, macros: see README).")],
+    store: StoreOption = DEFAULT_STORE,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Run a SQL query on the store's current versions (read-only)."""
+    import duckdb
+
+    from latentstore import connect
+
+    try:
+        con = connect(store)
+        result = con.sql(query)
+        if result is None:
+            return
+        columns, rows = result.columns, result.fetchall()
+    except LatentstoreError as exc:
+        _fail(str(exc))
+    except duckdb.Error as exc:
+        _fail(str(exc), code=1)
+    _emit(columns, rows, format)
+
+
+def _emit(columns: list[str], rows: list[tuple], fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt is OutputFormat.json:
+        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        Console().print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list | tuple) and len(value) > 4:
+        return "[" + ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value[:3]) + f", … ({len(value)})]"
+    return "NULL" if value is None else str(value)
+
+
+@app.command()
+def similar(
+    key: Annotated[str, typer.Argument(help="Key whose nearest neighbours to list.")],
+    model: Annotated[str, typer.Option("--model", help="Model name in the store.")],
+    entity: Annotated[str, typer.Option("--entity", help="Entity table, e.g. item or user.")] = "item",
+    k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
+    min_count: Annotated[int, typer.Option("--min-count", min=0, help="Only keys seen at least this often.")] = 0,
+    store: StoreOption = DEFAULT_STORE,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """The K keys nearest to KEY by cosine distance (excluding KEY itself)."""
+    from latentstore.query import similar as find_similar
+
+    try:
+        columns, rows = find_similar(store, model, entity, key, k, min_count)
+    except LatentstoreError as exc:
+        _fail(str(exc))
+    _emit(columns, rows, format)
+
+
+@app.command()
+def versions(store: StoreOption = DEFAULT_STORE,
+             model: Annotated[str | None, typer.Option("--model")] = None,
+             format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table) -> None:
+    """List published versions (newest last) from the registry."""
+    from latentstore import connect
+
+    try:
+        con = connect(store)
+    except LatentstoreError as exc:
+        _fail(str(exc))
+    result = con.execute(
+        "SELECT model, version, created_at, snapshot_id, run_id, metric_name, metric_value, is_current "
+        "FROM versions WHERE ? IS NULL OR model = ? ORDER BY model, version",
+        [model, model],
+    )
+    columns = [d[0] for d in result.description]
+    _emit(columns, result.fetchall(), format)
+
+
+if __name__ == "__main__":
+    app()
