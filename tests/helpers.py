@@ -1,0 +1,51 @@
+"""Test helpers: configs for small data and a one-call store builder (no Prefect)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from jobs import stages
+from jobs.common.config import validate
+from jobs.config import PipelineConfig
+from schemas.store import StoreLayout
+
+SMALL_SYNTHETIC = {"users": 200, "items": 80, "clusters": 4, "ratings_per_user": 20, "noise": 0.3, "seed": 7}
+
+
+def pipeline_config(base: Path, name: str = "demo", input_path: str | None = None, hnsw_min_rows: int = 100_000,
+                    train: dict | None = None, index: dict | None = None, columns: dict | None = None) -> PipelineConfig:
+    source = {"path": input_path} if input_path else {"synthetic": SMALL_SYNTHETIC}
+    if columns is not None:
+        source["columns"] = columns
+    data = {
+        "name": name,
+        "index": {"input": source, "spark": {"master": "local[2]"}, **(index or {})},
+        "train": {"dim": 8, "epochs": 3, "batch_size": 256, "lr": 0.02, "threads": 1, **(train or {})},
+        "publish": {"hnsw_min_rows": hnsw_min_rows},
+    }
+    return validate(PipelineConfig, data, "test", base_dir=base)
+
+
+def build_store(cfg: PipelineConfig, store: Path) -> dict:
+    layout = StoreLayout(store)
+    indexed = stages.index(cfg, layout)
+    trained = stages.train(cfg, layout, snapshot_id=indexed["snapshot_id"])
+    published = stages.publish(cfg, layout, run_id=trained["run_id"], snapshot_id=indexed["snapshot_id"])
+    return {"index": indexed, "train": trained, "publish": published}
+
+
+def write_csv(path: Path, header: list[str] | None, rows: list[list[object]], delimiter: str = ",") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_parquet_dir(path: Path):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").to_table().to_pandas()

@@ -1,0 +1,67 @@
+"""Config: strict, frozen, round-trips, errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.common.config import validate
+from jobs.config import PipelineConfig, load_config
+from schemas.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["default.toml", "movielens-100k.toml"])
+def test_shipped_configs_validate_and_round_trip(name):
+    cfg = load_config(ROOT / "configs" / name)
+    dumped = cfg.model_dump(mode="json")
+    assert validate(PipelineConfig, dumped, "dump") == cfg
+
+
+def test_name_fills_dataset_and_model(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "films"\n[index.input]\npath = "data.csv"\n')
+    cfg = load_config(path)
+    assert cfg.index.dataset == "films" and cfg.publish.model == "films"
+    # relative input paths resolve against the config file's folder
+    assert cfg.index.input.path == str(tmp_path / "data.csv")
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\n[index.input]\npath = "a.csv"\n[train]\ndimension = 3\n')
+    with pytest.raises(ConfigError, match=r"c.toml: train.dimension: unknown key"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\n[index.input]\npath = "a.csv"\n[train]\nepochs = "many"\n')
+    with pytest.raises(ConfigError, match=r"train.epochs: Input should be a valid integer"):
+        load_config(path)
+
+
+def test_bad_names_and_sources_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="name: Value error, name 'Bad-Name' must match"):
+        validate(PipelineConfig, {"name": "Bad-Name", "index": {"input": {"path": "a"}}}, "t")
+    with pytest.raises(ConfigError, match="set exactly one of input.path or input.synthetic"):
+        validate(PipelineConfig, {"name": "ok", "index": {"input": {}}}, "t")
+    with pytest.raises(ConfigError, match="reserved"):
+        validate(PipelineConfig, {"name": "versions", "index": {"input": {"path": "a"}}}, "t")
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+
+
+def test_config_is_frozen():
+    cfg = load_config(ROOT / "configs" / "default.toml")
+    with pytest.raises(Exception):
+        cfg.train.dim = 3

@@ -1,0 +1,139 @@
+"""The index job end to end on small files: quarantine, dedup, formats, snapshots."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.index.job import run
+from schemas.errors import InputError
+from schemas.ratings import Reason
+from schemas.snapshot import interactions_dir, vocab_dir
+from schemas.store import StoreLayout
+from tests.helpers import pipeline_config, read_parquet_dir, write_csv
+
+pytestmark = pytest.mark.spark
+ML_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
+
+# One row per rule, plus duplicates and a superseded rating, in ml-latest layout.
+MESSY_ROWS = [
+    ["1", "10", "4.0", "100"],
+    ["1", "10", "4.0", "100"],  # exact duplicate
+    ["1", "10", "3.0", "200"],  # later rating of (1, 10): supersedes the 4.0
+    ["2", "10", "5.0", "50"],
+    ["2", "11", "abc", "5"],  # non_numeric_rating
+    ["3", "", "4", "5"],  # missing_item
+    ["", "12", "4", "5"],  # missing_user
+    ["4", "12", "9", "5"],  # rating_out_of_range
+    ["5", "12", "4", "notatime"],  # unparsable_timestamp
+    ["6", "13", "4"],  # malformed_line (too few fields)
+    ["7", "13", "4", "5", "extra"],  # malformed_line (too many fields)
+    ["8", "13", "", "5"],  # missing_rating
+    ["8", "14", "2", ""],  # missing_timestamp
+    ["9", "14", "3.5", "2020-01-02T03:04:05Z"],  # ISO timestamps are fine
+]
+
+
+def _index(tmp_path, path, **kw):
+    cfg = pipeline_config(tmp_path, input_path=str(path), columns=kw.pop("columns", ML_COLUMNS), **kw)
+    return run(cfg.index, StoreLayout(tmp_path / "store"))
+
+
+def test_each_quarantine_reason_and_the_count_identity(tmp_path):
+    path = write_csv(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], MESSY_ROWS)
+    result = _index(tmp_path, path)
+    counts = result.manifest.counts
+    assert counts.read == 14
+    assert (counts.kept, counts.duplicates, counts.superseded) == (3, 1, 1)
+    assert counts.quarantine_reasons == {
+        Reason.MALFORMED_LINE: 2, Reason.MISSING_ITEM: 1, Reason.MISSING_RATING: 1, Reason.MISSING_TIMESTAMP: 1,
+        Reason.MISSING_USER: 1, Reason.NON_NUMERIC_RATING: 1, Reason.RATING_OUT_OF_RANGE: 1,
+        Reason.UNPARSABLE_TIMESTAMP: 1,
+    }
+    assert counts.read == counts.kept + counts.quarantined + counts.duplicates + counts.superseded
+    assert counts.balanced()
+
+    quarantine = read_parquet_dir(result.path / "quarantine")
+    assert len(quarantine) == counts.quarantined
+    malformed = set(quarantine.loc[quarantine.reason == "malformed_line", "raw_record"])
+    assert malformed == {"6,13,4", "7,13,4,5,extra"}
+    assert set(quarantine.source_file.str.endswith("ratings.csv")) == {True}
+
+    kept = read_parquet_dir(result.path / "interactions").sort_values(["user", "item"])
+    users = read_parquet_dir(result.path / vocab_dir("user")).set_index("key")["index"].to_dict()
+    # the latest rating of (1, 10) wins, with its timestamp
+    row = kept[kept.user == users["1"]]
+    assert row.rating.tolist() == [3.0] and row.timestamp.tolist() == [200]
+    assert kept[kept.user == users["9"]].timestamp.tolist() == [1577934245]
+
+
+def test_rerun_reuses_the_snapshot_and_new_data_appends_keys(tmp_path):
+    path = write_csv(tmp_path / "in" / "ratings.csv", ["userId", "movieId", "rating", "timestamp"],
+                     [["a", "x", 4, 1], ["b", "x", 3, 2], ["b", "y", 5, 3]])
+    first = _index(tmp_path, path)
+    again = _index(tmp_path, path)
+    assert again.reused and again.snapshot_id == first.snapshot_id
+    assert first.manifest.parent is None
+
+    write_csv(path, ["userId", "movieId", "rating", "timestamp"],
+              [["c", "z", 4, 1], ["c", "z2", 4, 1], ["d", "z", 2, 2], ["b", "x", 3, 2]])
+    second = _index(tmp_path, path)
+    assert not second.reused and second.manifest.parent == first.snapshot_id
+    before = read_parquet_dir(first.path / vocab_dir("item")).set_index("key")["index"].to_dict()
+    after = read_parquet_dir(second.path / vocab_dir("item")).set_index("key")["index"].to_dict()
+    assert before == {"x": 1, "y": 2}
+    # existing keys keep their index (y is absent now, still kept); z (count 2) then z2 appended
+    assert after == {"x": 1, "y": 2, "z": 3, "z2": 4}
+    assert second.manifest.vocab["item"].new_keys == 2
+
+
+@pytest.mark.parametrize(
+    "name, fmt, text",
+    [
+        ("u.data", "movielens-udata", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n"),
+        ("ratings.dat", "movielens-dat", "1::1193::5::978300760\n1::661::3::978302109\n"),
+    ],
+)
+def test_original_grouplens_formats(tmp_path, name, fmt, text):
+    path = tmp_path / name
+    path.write_text(text)
+    result = _index(tmp_path, path, columns={})
+    assert result.manifest.input_format == fmt
+    assert result.manifest.counts.kept == 2 and result.manifest.counts.quarantined == 0
+
+
+def test_parquet_and_json_lines(tmp_path):
+    table = pa.table({"u": [1, 2, 2], "i": ["p", "q", "p"], "r": [4.5, 1.0, 7.0], "t": [10, 20, 30]})
+    pq.write_table(table, tmp_path / "r.parquet")
+    mapping = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    parquet = _index(tmp_path, tmp_path / "r.parquet", columns=mapping)
+    assert parquet.manifest.counts.kept == 2
+    assert parquet.manifest.counts.quarantine_reasons == {"rating_out_of_range": 1}
+
+    lines = [json.dumps({"u": 1, "i": "p", "r": 4, "t": 1}), "{not json", json.dumps({"u": 3, "i": "q", "r": 2})]
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "r.jsonl").write_text("\n".join(lines) + "\n")
+    jsonl = _index(tmp_path, tmp_path / "j" / "r.jsonl", columns=mapping)
+    assert jsonl.manifest.counts.kept == 1
+    assert jsonl.manifest.counts.quarantine_reasons == {"malformed_line": 1, "missing_timestamp": 1}
+
+
+def test_time_split_holds_out_the_latest_ratings(tmp_path):
+    rows = [[u, i, 3, u * 100 + i] for u in range(1, 5) for i in range(1, 6)]
+    path = write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], rows)
+    result = _index(tmp_path, path, index={"split": {"kind": "time", "fraction": 0.25}})
+    cutoff = result.manifest.split["cutoff_unix_seconds"]
+    valid = read_parquet_dir(result.path / interactions_dir("valid"))
+    train = read_parquet_dir(result.path / interactions_dir("train"))
+    assert len(valid) == 5 and valid.timestamp.min() > cutoff >= train.timestamp.max()
+
+
+def test_all_rows_invalid_is_a_clear_error_and_leaves_no_snapshot(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], [["1", "2", "x", "3"]])
+    with pytest.raises(InputError, match=r"no valid rows in .*r\.csv: all 1 rows were quarantined \(non_numeric_rating: 1\)"):
+        _index(tmp_path, path)
+    assert not (tmp_path / "store" / "snapshots").exists()
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []  # staging cleaned up

@@ -1,0 +1,93 @@
+"""Training: one epoch works, same seed -> same bits, a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs import stages
+from jobs.index.snapshots import read_manifest
+from jobs.train.config import TrainConfig
+from jobs.train.job import CHECKPOINT, run
+from schemas.store import StoreLayout
+from tests.helpers import pipeline_config
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def snapshot(spark, tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    cfg = pipeline_config(base)
+    layout = StoreLayout(base / "store")
+    indexed = stages.index(cfg, layout)
+    directory = layout.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
+    return directory, read_manifest(directory)
+
+
+def _train(tmp_path, snapshot, name, **overrides):
+    cfg = TrainConfig(**{"dim": 8, "epochs": 4, "batch_size": 128, "lr": 0.02, "threads": 1, "device": "cpu",
+                         **overrides})
+    directory, manifest = snapshot
+    return run(cfg, StoreLayout(tmp_path / name), directory, manifest, resume=True), cfg
+
+
+def _vectors(result):
+    return {e: pq.read_table(result.path / "vectors" / f"{e}.parquet").to_pydict() for e in ("user", "item")}
+
+
+devices = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", devices)
+def test_one_epoch_learns_and_writes_vectors(tmp_path, snapshot, device):
+    result, cfg = _train(tmp_path, snapshot, "s", epochs=1, device=device)
+    metrics = result.result["metrics"]
+    assert metrics["epochs_run"] == 1 and len(metrics["history"]) == 1
+    manifest = snapshot[1]
+    mean_baseline = 1.5  # a constant predictor is far worse than one epoch on this data
+    assert 0 < metrics["valid_rmse"] < mean_baseline
+    vectors = _vectors(result)
+    assert len(vectors["item"]["index"]) == manifest.vocab["item"].size
+    assert len(vectors["user"]["vector"][0]) == cfg.dim
+    assert result.result["runtime"]["device"].startswith(device)
+
+
+def test_same_seed_gives_bitwise_equal_vectors(tmp_path, snapshot):
+    first, _ = _train(tmp_path, snapshot, "a")
+    second, _ = _train(tmp_path, snapshot, "b")
+    assert _vectors(first) == _vectors(second)
+    assert first.result["metrics"]["history"] == [
+        {**h, "seconds": s["seconds"]} for h, s in zip(second.result["metrics"]["history"], first.result["metrics"]["history"])
+    ]
+    other, _ = _train(tmp_path, snapshot, "c", seed=7)
+    assert _vectors(other) != _vectors(first)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, snapshot):
+    straight, cfg = _train(tmp_path, snapshot, "straight")
+    directory, manifest = snapshot
+    store = StoreLayout(tmp_path / "killed")
+    partial = run(cfg, store, directory, manifest, stop_after_epochs=2)
+    assert partial.result == {"partial": True, "epochs_done": 2}
+    assert (partial.path / CHECKPOINT).is_file()
+    resumed = run(cfg, store, directory, manifest, resume=True)
+    assert resumed.run_id == straight.run_id
+    assert _vectors(resumed) == _vectors(straight)
+    assert [h["valid_rmse"] for h in resumed.result["metrics"]["history"]] == [
+        h["valid_rmse"] for h in straight.result["metrics"]["history"]
+    ]
+    # a finished run is not trained again
+    again = run(cfg, store, directory, manifest)
+    assert again.reused and _vectors(again) == _vectors(straight)
+
+
+def test_without_resume_a_stale_checkpoint_is_ignored(tmp_path, snapshot):
+    straight, cfg = _train(tmp_path, snapshot, "straight")
+    directory, manifest = snapshot
+    store = StoreLayout(tmp_path / "restart")
+    run(cfg, store, directory, manifest, stop_after_epochs=1)
+    fresh = run(cfg, store, directory, manifest, resume=False)
+    assert fresh.result["metrics"]["epochs_run"] == 4
+    assert _vectors(fresh) == _vectors(straight)
