@@ -1,4 +1,4 @@
-"""Config of the train stage. Defaults train MovieLens-100K to RMSE ~0.888 in about a second on CPU."""
+"""Config of the train stage. Defaults train MovieLens-100K to RMSE ~0.885 in about a second on CPU."""
 
 from __future__ import annotations
 
@@ -18,14 +18,19 @@ class TrainConfig(StrictModel):
     """Vector size."""
     epochs: int = Field(10, ge=1)
     """Passes over the training split (one-cycle learning-rate schedule over all of them)."""
-    batch_size: int = Field(768, ge=1)
+    batch_size: int = Field(2048, ge=1)
     """Ratings per optimiser step."""
-    lr: float = Field(7.5e-3, gt=0)
+    lr: float = Field(1.5e-2, gt=0)
     """Peak learning rate of the one-cycle schedule (AdamW)."""
-    weight_decay: float = Field(0.75, ge=0)
+    weight_decay: float = Field(1.5, ge=0)
     """Decoupled weight decay on the user and item vectors."""
     bias_weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay on the biases (0 works best: biases carry popularity)."""
+    implicit: bool = True
+    """Add implicit feedback to user vectors (SVD++): the normalised sum of a second vector
+    of every item the user rated in the training split. Costs one sparse product per step."""
+    implicit_weight_decay: float = Field(4.0, ge=0)
+    """Decoupled weight decay on the implicit item vectors."""
     average_from: float = Field(0.5, ge=0, le=1)
     """Average the weights of every epoch from this fraction of training on (1.0: off)."""
     y_range: tuple[float, float] | None = None

@@ -112,5 +112,15 @@ class Interactions:
             for record_batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["user", "item", "rating"]):
                 yield _columns(record_batch)
 
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (user, item) index pairs, e.g. to build the implicit-feedback matrix."""
+        users, items = [], []
+        for batch in self.in_order(_READ_ROWS):
+            users.append(batch.users.numpy())
+            items.append(batch.items.numpy())
+        if not users:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(users), np.concatenate(items)
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.rows // batch_size)

@@ -48,6 +48,19 @@ def y_range_for(cfg: TrainConfig, manifest: Manifest) -> tuple[float, float]:
     return (low - 0.5, high + 0.5)
 
 
+def build_model(cfg: TrainConfig, train, sizes: dict[str, int], y_range: tuple[float, float], device):
+    """The seeded, initialised model for ``cfg`` (with its implicit-feedback matrix from ``train``)."""
+    import torch
+
+    from jobs.train.implicit import ImplicitFeedback
+    from jobs.train.mf import BiasedMF
+
+    implicit = ImplicitFeedback(*train.pairs(), sizes["user"], sizes["item"], device) if cfg.implicit else None
+    model = BiasedMF(sizes["user"], sizes["item"], cfg.dim, y_range, implicit)
+    model.reset_parameters(torch.Generator().manual_seed(cfg.seed), cfg.init_std)
+    return model
+
+
 def run(
     cfg: TrainConfig,
     store: StoreLayout,
@@ -70,7 +83,6 @@ def run(
 
     from jobs.train.data import Interactions
     from jobs.train.device import configure_threads, resolve_device
-    from jobs.train.mf import BiasedMF
     from jobs.train.trainer import Trainer
 
     device = resolve_device(cfg.device)
@@ -79,8 +91,7 @@ def run(
     valid = Interactions.from_dir(snapshot_dir / interactions_dir("valid"), cfg.shuffle_buffer_rows)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
     y_range = y_range_for(cfg, manifest)
-    model = BiasedMF(sizes["user"], sizes["item"], cfg.dim, y_range)
-    model.reset_parameters(torch.Generator().manual_seed(cfg.seed), cfg.init_std)
+    model = build_model(cfg, train, sizes, y_range, device)
 
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT

@@ -82,14 +82,16 @@ class Trainer:
         self.valid_data = valid if valid is not None and valid.rows else None
         self.device = device
         self.checkpoint = checkpoint
+        groups = [
+            {"params": model.vector_tables(), "weight_decay": cfg.weight_decay},
+            {"params": model.implicit_tables(), "weight_decay": cfg.implicit_weight_decay},
+            {"params": model.bias_tables(), "weight_decay": cfg.bias_weight_decay},
+        ]
         self.optimizer = torch.optim.AdamW(
-            [
-                {"params": model.vector_tables(), "weight_decay": cfg.weight_decay},
-                {"params": model.bias_tables(), "weight_decay": cfg.bias_weight_decay},
-            ],
+            [group for group in groups if group["params"]],
             lr=cfg.lr,
             betas=(0.9, 0.99),
-            foreach=True,
+            fused=True,
         )
         self.steps_per_epoch = train.steps_per_epoch(cfg.batch_size)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -1,0 +1,145 @@
+"""MovieLens 100K: the project's `mf` (default config) against the fast.ai collab recipe.
+
+Split (fast.ai protocol): ratings in file order, torch.manual_seed(42),
+perm = torch.randperm(n), the first 10% of perm is validation. Both models
+train on the same split in this process, three seeds each, interleaved so
+machine noise hits both alike. Writes benchmarks/results/movielens.json.
+
+    .venv/bin/python benchmarks/movielens.py [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import SHARED, write_result  # noqa: E402
+from jobs.train.config import TrainConfig  # noqa: E402
+from jobs.train.data import Batch, Interactions  # noqa: E402
+from jobs.train.device import configure_threads  # noqa: E402
+from jobs.train.job import build_model  # noqa: E402
+from jobs.train.trainer import Trainer  # noqa: E402
+
+RATINGS = SHARED / "movielens-100k" / "ratings.csv"
+
+
+def fastai_split(frame: pd.DataFrame):
+    torch.manual_seed(42)
+    perm = torch.randperm(len(frame))
+    assert perm[:3].tolist() == [37542, 60279, 68544], "torch's randperm differs from the documented protocol"
+    users = {k: i + 1 for i, k in enumerate(frame.userId.value_counts().sort_index().index)}
+    items = {k: i + 1 for i, k in enumerate(frame.movieId.value_counts().sort_index().index)}
+    u = torch.tensor(frame.userId.map(users).to_numpy(), dtype=torch.long)
+    i = torch.tensor(frame.movieId.map(items).to_numpy(), dtype=torch.long)
+    r = torch.tensor(frame.rating.to_numpy(), dtype=torch.float32)
+    valid, train = perm[: len(frame) // 10], perm[len(frame) // 10 :]
+    return (Batch(u[train], i[train], r[train]), Batch(u[valid], i[valid], r[valid]), len(users) + 1, len(items) + 1)
+
+
+def run_latentstore(train: Batch, valid: Batch, n_users: int, n_items: int, seed: int) -> dict:
+    """The project's trainer exactly as the pipeline runs it (checkpoint every epoch included)."""
+    cfg = TrainConfig(seed=seed)
+    configure_threads(cfg.threads)
+    started = time.perf_counter()  # model set-up (the implicit-feedback matrix) counts as training time
+    data = Interactions(data=train)
+    sizes = {"user": n_users, "item": n_items}
+    model = build_model(cfg, data, sizes, (0.0, 5.5), torch.device("cpu"))  # default y_range for [0.5, 5]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, cfg, data, Interactions(data=valid), torch.device("cpu"),
+                          checkpoint=Path(tmp) / "checkpoint.pt")
+        fit = trainer.fit()
+    seconds = time.perf_counter() - started
+    return {"rmse": fit.valid_rmse, "train_seconds": seconds, "ratings_per_s": len(train) * fit.state.epochs_done / seconds}
+
+
+class DotBias(torch.nn.Module):
+    """fast.ai's EmbeddingDotBias, re-implemented in plain torch."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 50, y_range=(0.0, 5.5)):
+        super().__init__()
+        self.u, self.i = torch.nn.Embedding(n_users, factors), torch.nn.Embedding(n_items, factors)
+        self.ub, self.ib = torch.nn.Embedding(n_users, 1), torch.nn.Embedding(n_items, 1)
+        for e in (self.u, self.i, self.ub, self.ib):
+            torch.nn.init.trunc_normal_(e.weight, std=0.01)  # fastai's embedding init
+        self.y_range = y_range
+
+    def forward(self, users, items):
+        dot = (self.u(users) * self.i(items)).sum(1) + self.ub(users).squeeze(1) + self.ib(items).squeeze(1)
+        low, high = self.y_range
+        return torch.sigmoid(dot) * (high - low) + low
+
+
+def run_reference(train: Batch, valid: Batch, n_users: int, n_items: int, seed: int) -> dict:
+    """fit_one_cycle(5, 5e-3, wd=0.1), batch 64, 50 factors, sigmoid into (0, 5.5), AdamW (true weight decay)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = DotBias(n_users, n_items)
+    epochs, batch, lr = 5, 64, 5e-3
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)
+    steps = epochs * math.ceil(len(train) / batch)
+    # fastai's one-cycle: 25% warm-up, div 25, final lr = lr/1e5, cosine, momentum 0.95 -> 0.85 -> 0.95
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25,
+                                                   div_factor=25.0, final_div_factor=4000.0)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(order), batch):
+            take = order[start : start + batch]
+            loss = torch.nn.functional.mse_loss(model(train.users[take], train.items[take]), train.ratings[take])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+        with torch.no_grad():  # fastai validates every epoch
+            torch.nn.functional.mse_loss(model(valid.users, valid.items), valid.ratings)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        rmse = float(torch.sqrt(torch.nn.functional.mse_loss(model(valid.users, valid.items), valid.ratings)))
+    return {"rmse": rmse, "train_seconds": seconds, "ratings_per_s": len(train) * epochs / seconds}
+
+
+def summarise(runs: list[dict]) -> dict:
+    return {
+        "rmse": statistics.mean(r["rmse"] for r in runs),
+        "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
+        "ratings_per_s": statistics.mean(r["ratings_per_s"] for r in runs),
+        "per_seed": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    train, valid, n_users, n_items = fastai_split(pd.read_csv(RATINGS))
+    ours, reference = [], []
+    for seed in range(args.seeds):
+        reference.append(run_reference(train, valid, n_users, n_items, seed))
+        ours.append(run_latentstore(train, valid, n_users, n_items, seed))
+        print(f"seed {seed}: reference {reference[-1]['rmse']:.4f} in {reference[-1]['train_seconds']:.2f}s, "
+              f"latentstore {ours[-1]['rmse']:.4f} in {ours[-1]['train_seconds']:.2f}s", flush=True)
+    result = {"latentstore": summarise(ours), "reference": summarise(reference)}
+    result["time_ratio"] = result["latentstore"]["train_seconds"] / result["reference"]["train_seconds"]
+    result["targets"] = {"rmse_at_most": 0.888, "time_ratio_at_most": 1 / 3,
+                         "met": result["latentstore"]["rmse"] <= 0.888 and result["time_ratio"] <= 1 / 3}
+    result["threads"] = torch.get_num_threads()
+    path = write_result("movielens", result)
+    print(f"latentstore RMSE {result['latentstore']['rmse']:.4f} in {result['latentstore']['train_seconds']:.2f}s; "
+          f"reference {result['reference']['rmse']:.4f} in {result['reference']['train_seconds']:.2f}s; "
+          f"time ratio {result['time_ratio']:.3f} -> {path}")
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,100 @@
+"""Bad input: one clear message naming the file, field or row; exit code 2; the store untouched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "latentstore.cli"]
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text('name = "films"\n' + body)
+    return path
+
+
+CSV_CONFIG = '[index.input]\npath = "{path}"\ncolumns = {{ user = "userId", item = "movieId" }}\n'
+
+
+def _case(tmp_path: Path, case: str) -> tuple[Path, str]:
+    header = "userId,movieId,rating,timestamp\n"
+    if case == "missing config":
+        return tmp_path / "absent.toml", r"config file not found: .*absent\.toml"
+    if case == "unknown key":
+        return _config(tmp_path, '[index.input]\npath = "r.csv"\n[train]\nepoch = 3\n'), r"pipeline\.toml: train\.epoch: unknown key"
+    if case == "wrong type":
+        return _config(tmp_path, '[index.input]\npath = "r.csv"\n[train]\ndim = "big"\n'), r"pipeline\.toml: train\.dim: Input should be a valid integer"
+    if case == "missing input":
+        return _config(tmp_path, CSV_CONFIG.format(path="nowhere.csv")), r"input not found: .*nowhere\.csv"
+    if case == "empty input":
+        (tmp_path / "empty.csv").write_text(header)
+        return _config(tmp_path, CSV_CONFIG.format(path="empty.csv")), r"input has no rows: .*empty\.csv"
+    if case == "missing column":
+        (tmp_path / "r.csv").write_text("uid,movieId,rating,timestamp\n1,2,3,4\n")
+        return (_config(tmp_path, CSV_CONFIG.format(path="r.csv")),
+                r"column 'userId' \(input\.columns\.user\) not found in .*r\.csv; its columns are: uid, movieId, rating, timestamp")
+    if case == "unknown format":
+        (tmp_path / "r.xyz").write_text(header + "1,2,3,4\n")
+        return _config(tmp_path, CSV_CONFIG.format(path="r.xyz")), r"cannot tell the format of .*r\.xyz: set input\.format"
+    if case == "corrupt parquet":
+        (tmp_path / "r.parquet").write_bytes(b"not a parquet file at all")
+        return _config(tmp_path, CSV_CONFIG.format(path="r.parquet")), r"cannot read .*r\.parquet as parquet"
+    raise AssertionError(case)
+
+
+CASES = ["missing config", "unknown key", "wrong type", "missing input", "empty input", "missing column",
+         "unknown format", "corrupt parquet"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_fails_cleanly_without_touching_a_new_store(tmp_path, case):
+    config, message = _case(tmp_path, case)
+    store = tmp_path / "store"
+    result = _cli("run", config, "--store", store)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not store.exists()
+
+
+@pytest.mark.spark
+def test_bad_input_leaves_an_existing_store_exactly_as_it_was(tmp_path, published_store):
+    store, _, _ = published_store
+    before = _tree(store)
+    config, _ = _case(tmp_path, "missing column")
+    result = _cli("run", config, "--store", store)
+    assert result.returncode == 2 and result.stderr.startswith("error: column 'userId'")
+    assert _tree(store) == before
+
+
+def test_help_on_every_command():
+    for command in ("run", "index", "train", "publish", "sql", "similar", "versions"):
+        result = _cli(command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout, command
+
+
+def test_queries_on_a_missing_store_fail_cleanly(tmp_path):
+    result = _cli("sql", "SELECT 1", "--store", tmp_path / "none")
+    assert result.returncode == 2 and result.stderr.startswith("error: no latentstore store at")
+    assert not (tmp_path / "none").exists()

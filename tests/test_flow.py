@@ -1,0 +1,69 @@
+"""The pipeline flow under Prefect's test harness (a real, temporary Prefect API)."""
+
+from __future__ import annotations
+
+import pytest
+
+import latentstore
+
+pytestmark = [pytest.mark.prefect, pytest.mark.spark, pytest.mark.slow]
+
+CONFIG = """
+name = "flowdemo"
+[index.input.synthetic]
+users = 150
+items = 60
+clusters = 3
+ratings_per_user = 15
+seed = 3
+[index.spark]
+master = "local[2]"
+[train]
+dim = 8
+epochs = 2
+threads = 1
+[publish]
+hnsw_min_rows = 100
+"""
+
+
+def test_pipeline_flow_publishes_then_reuses_everything(prefect_harness, spark, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.pipeline import pipeline
+
+    config = tmp_path / "flow.toml"
+    config.write_text(CONFIG)
+    store = tmp_path / "store"
+    state = pipeline(str(config), str(store), return_state=True)
+    assert state.is_completed(), state.message
+    first = state.result()
+    assert first["publish"]["version"] == 1 and not first["index"]["reused"] and not first["train"]["reused"]
+    counts = first["index"]["counts"]
+    assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["duplicates"] + counts["superseded"]
+
+    second = pipeline(str(config), str(store))
+    assert second["index"]["reused"] and second["train"]["reused"] and second["publish"]["reused"]
+    assert second["publish"]["version"] == 1
+
+    con = latentstore.connect(store)
+    assert con.execute("SELECT count(*) FROM versions").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM flowdemo.item").fetchone()[0] == first["index"]["vocab"]["item"]["keys"]
+    con.close()
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowdemo-counts"])))
+    assert artifacts and artifacts[0].type == "table"
+
+
+def test_flow_fails_with_the_reason_and_publishes_nothing(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline
+
+    config = tmp_path / "bad.toml"
+    config.write_text('name = "broken"\n[index.input]\npath = "missing.csv"\n')
+    state = pipeline(str(config), str(tmp_path / "store"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="input not found: .*missing.csv"):
+        state.result()
+    assert not (tmp_path / "store" / "models").exists()
