@@ -3,10 +3,11 @@
 Raw input columns are mapped onto these canonical names by the config
 (``[input.columns]``). Every raw row ends in exactly one of four outcomes:
 
-- ``kept``: valid, and the latest rating of its (user, item) pair;
+- ``kept``: valid, and the latest rating of its (user, item) pair: the highest
+  timestamp wins, then the highest rating (no dependence on input order);
 - ``quarantined``: failed a rule below; written with its reason;
-- ``duplicate``: an exact copy (user, item, rating, timestamp) of a kept row;
-- ``superseded``: the same (user, item) rated again later; the latest wins.
+- ``duplicate``: an exact copy (user, item, rating, timestamp) of another valid row;
+- ``superseded``: a valid rating of a (user, item) that a later one replaced.
 
 so that ``read == kept + quarantined + duplicates + superseded`` always holds.
 """

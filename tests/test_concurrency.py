@@ -112,3 +112,22 @@ def test_two_concurrent_publishers_are_serialised(race_store):
     assert len(after) == len(before) + 2  # two new versions, none clobbered
     records = sorted(p.name for p in (layout.registry_versions / "race").glob("*.json"))
     assert records == [n.replace(".duckdb", ".json") for n in after]
+
+
+def test_an_open_reader_keeps_its_version_and_a_new_one_sees_the_next(race_store):
+    import latentstore
+
+    base, store = race_store
+    old = latentstore.connect(store)
+    version_before = old.execute("SELECT version FROM race.meta").fetchone()[0]
+    vectors_before = old.execute("SELECT key, vector FROM race.item ORDER BY key").fetchall()
+    cfg = pipeline_config(base, name="race", train={"seed": 4})
+    stages.train(cfg, StoreLayout(store))
+    published = stages.publish(cfg, StoreLayout(store))
+    assert published["version"] > version_before
+    assert old.execute("SELECT version FROM race.meta").fetchone()[0] == version_before
+    assert old.execute("SELECT key, vector FROM race.item ORDER BY key").fetchall() == vectors_before
+    old.close()
+    new = latentstore.connect(store)
+    assert new.execute("SELECT version FROM race.meta").fetchone()[0] == published["version"]
+    new.close()

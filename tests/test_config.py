@@ -65,3 +65,9 @@ def test_config_is_frozen():
     cfg = load_config(ROOT / "configs" / "default.toml")
     with pytest.raises(Exception):
         cfg.train.dim = 3
+
+
+def test_input_override_replaces_a_synthetic_source(tmp_path):
+    cfg = load_config(ROOT / "configs" / "default.toml", input_path=str(tmp_path / "mine.parquet"))
+    assert cfg.index.input.synthetic is None
+    assert cfg.index.input.path == str(tmp_path / "mine.parquet")

@@ -6,9 +6,11 @@ the same snapshot, and a rerun returns it without starting Spark.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,9 @@ from schemas.snapshot import (
 from schemas.store import StoreLayout
 
 log = logging.getLogger(__name__)
+# Vocabularies up to this many keys are broadcast to every task for the index join
+# (no shuffle of the ratings); larger ones use a shuffle join.
+BROADCAST_MAX_KEYS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -114,74 +119,75 @@ def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
     return IndexResult(snapshot_id, final, read_manifest(final), not created)
 
 
+@contextlib.contextmanager
+def _timed(step: str, timings: dict[str, float]):
+    started = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - started, 3)
+    log.info("index step %s: %.1fs", step, timings[step])
+
+
 def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: Path) -> Manifest:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from jobs.index.read import read_raw
-    from jobs.index.rules import classify
+    from jobs.index.rules import RAW_COLUMNS, deduplicate, validate
     from jobs.index.spark import spark_session
     from jobs.index.split import split_column
-    from jobs.index.vocab import apply_vocab, build_vocab, key_counts
+    from jobs.index.vocab import apply_vocab
 
     spark = spark_session(cfg.spark)
     has_ts = cfg.input.columns.timestamp is not None
     raw = read_raw(spark, probed, cfg.input.columns)
-    rows = classify(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit).persist(StorageLevel.MEMORY_AND_DISK)
+    parsed = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit)
+    cached = []
+    timings: dict[str, float] = {}
     try:
-        tallies = rows.groupBy("outcome", "reason").count().collect()
-        counts = {o.value: 0 for o in Outcome}
-        reasons: dict[str, int] = {}
-        for row in tallies:
-            counts[row["outcome"]] += row["count"]
-            if row["reason"] is not None:
-                reasons[row["reason"]] = reasons.get(row["reason"], 0) + row["count"]
-        read = sum(counts.values())
-        if counts[Outcome.KEPT] == 0:
-            raise InputError(f"no valid rows in {cfg.input.path}: all {read} rows were quarantined "
-                             f"({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})")
-
-        quarantine = rows.filter(F.col("outcome") == Outcome.QUARANTINED.value)
-        quarantine.select(*QUARANTINE_COLUMNS).write.parquet(str(out / QUARANTINE_DIR))
-
-        kept = rows.filter(F.col("outcome") == Outcome.KEPT.value).select(
-            "user", "item", F.col("rating_value").alias("rating"), "ts"
-        )
+        # Pass 1: the (few) bad rows, with their raw text; the tally is read back from them.
+        with _timed("quarantine", timings):
+            parsed.filter(F.col("reason").isNotNull()).select(
+                *[F.col(f"raw_{c}").alias(c) for c in RAW_COLUMNS], "reason"
+            ).select(*QUARANTINE_COLUMNS).write.parquet(str(out / QUARANTINE_DIR))
+            reasons = {
+                row["reason"]: row["count"]
+                for row in spark.read.parquet(str(out / QUARANTINE_DIR)).groupBy("reason").count().collect()
+            }
+        # Pass 2: valid rows, deduplicated per (user, item); kept pairs are reused four times.
+        pairs = deduplicate(parsed.filter(F.col("reason").isNull())).persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(pairs)
+        with _timed("deduplicate", timings):
+            totals = pairs.agg(
+                F.count(F.lit(1)).alias("kept"), F.sum("rows").alias("rows"), F.sum("versions").alias("versions")
+            ).first()
+        valid_rows = totals["rows"] or 0
+        if valid_rows == 0:
+            raise InputError(f"no valid rows in {cfg.input.path}: all {sum(reasons.values())} rows were "
+                             f"quarantined ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})")
+        _check_read_count(probed, valid_rows + sum(reasons.values()))
+        outcomes = {
+            Outcome.KEPT.value: totals["kept"],
+            Outcome.QUARANTINED.value: sum(reasons.values()),
+            Outcome.DUPLICATE.value: totals["rows"] - totals["versions"],
+            Outcome.SUPERSEDED.value: totals["versions"] - totals["kept"],
+        }
+        kept = pairs.select("user", "item", "rating", "ts")
         split_expr, split_record = split_column(kept, cfg.split, has_ts)
-        interactions = kept.withColumn("split", split_expr)
-        vocab_stats: dict[str, VocabStats] = {}
+        interactions = kept.withColumn("split", split_expr)  # split on keys, before they become indices
+        vocab_stats = {}
         for column in ID_COLUMNS:
-            parent_vocab = None
-            parent_size = 0
-            if parent is not None:
-                parent_dir = store.snapshot_dir(cfg.dataset, parent.snapshot_id)
-                parent_vocab = spark.read.parquet(str(parent_dir / vocab_dir(column)))
-                parent_size = parent.vocab[column].size
-            built = build_vocab(key_counts(kept, column), cfg.min_count, parent_vocab, parent_size)
-            vocab = built.vocab.persist()
-            vocab.orderBy("index").coalesce(1).write.parquet(str(out / vocab_dir(column)))
-            stats = vocab.agg(F.count(F.lit(1)).alias("keys"), F.max("index").alias("max_index")).first()
-            keys = stats["keys"]
-            vocab_stats[column] = VocabStats(
-                size=max(stats["max_index"] or 0, parent_size - 1) + 1,
-                keys=keys,
-                new_keys=keys - (parent.vocab[column].keys if parent else 0),
-                rare_keys=built.rare.count(),
-            )
-            interactions = apply_vocab(interactions, column, vocab)
-        (
+            with _timed(f"vocab_{column}", timings):
+                vocab, vocab_stats[column] = _vocabulary(spark, kept, column, cfg, store, parent, out, cached)
+            broadcast = vocab_stats[column].keys <= BROADCAST_MAX_KEYS
+            interactions = apply_vocab(interactions, column, vocab, broadcast=broadcast)
+        with _timed("write_interactions", timings):
             interactions.select(
-                F.col("user").cast("int"),
-                F.col("item").cast("int"),
-                F.col("rating").cast("float"),
-                F.col("ts").alias("timestamp").cast("long"),
-                "split",
-            )
-            .write.partitionBy("split")
-            .parquet(str(out / "interactions"))
-        )
+                F.col("user").cast("int"), F.col("item").cast("int"), F.col("rating").cast("float"),
+                F.col("ts").alias("timestamp").cast("long"), "split",
+            ).write.partitionBy("split").parquet(str(out / "interactions"))
     finally:
-        rows.unpersist()
+        for frame in cached:
+            frame.unpersist()
     split_rows = _ensure_splits(out)
     manifest = Manifest(
         snapshot_id=snapshot_id,
@@ -194,11 +200,11 @@ def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: P
         input_fingerprint=input_fp,
         data_config=cfg.data_config(),
         counts=Counts(
-            read=read,
-            kept=counts[Outcome.KEPT],
-            quarantined=counts[Outcome.QUARANTINED],
-            duplicates=counts[Outcome.DUPLICATE],
-            superseded=counts[Outcome.SUPERSEDED],
+            read=sum(outcomes.values()),
+            kept=outcomes[Outcome.KEPT],
+            quarantined=outcomes[Outcome.QUARANTINED],
+            duplicates=outcomes[Outcome.DUPLICATE],
+            superseded=outcomes[Outcome.SUPERSEDED],
             quarantine_reasons=dict(sorted(reasons.items())),
             train=split_rows["train"],
             valid=split_rows["valid"],
@@ -207,12 +213,47 @@ def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: P
         rating_range=cfg.rating_range,
         split=split_record,
         code_version=code_version(),
-        spark={"version": spark.version, "master": spark.sparkContext.master},
+        spark={"version": spark.version, "master": spark.sparkContext.master, "step_seconds": timings},
     )
     if not manifest.counts.balanced():
         raise RuntimeError(f"row accounting does not add up: {manifest.counts}")  # a bug, never bad input
     atomic_write_text(out / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return manifest
+
+
+def _check_read_count(probed: ProbedInput, accounted: int) -> None:
+    """For Parquet the footers say how many rows there are: every one must be accounted for."""
+    if probed.format != "parquet":
+        return
+    import pyarrow.parquet as pq
+
+    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in probed.files)
+    if expected != accounted:
+        raise RuntimeError(f"read {accounted} rows but the Parquet footers say {expected}")  # a bug
+
+
+def _vocabulary(spark, kept, column, cfg, store, parent, out: Path, cached: list):
+    """Build, write and describe one column's vocabulary; returns (vocab frame, stats)."""
+    from pyspark.sql import functions as F
+
+    from jobs.index.vocab import build_vocab, key_counts
+
+    parent_vocab, parent_size, parent_keys = None, 0, 0
+    if parent is not None:
+        parent_vocab = spark.read.parquet(str(store.snapshot_dir(cfg.dataset, parent.snapshot_id) / vocab_dir(column)))
+        parent_size, parent_keys = parent.vocab[column].size, parent.vocab[column].keys
+    counts = key_counts(kept, column).persist()
+    built = build_vocab(counts, cfg.min_count, parent_vocab, parent_size)
+    vocab = built.vocab.persist()
+    cached.extend([counts, vocab])
+    vocab.orderBy("index").coalesce(1).write.parquet(str(out / vocab_dir(column)))
+    stats = vocab.agg(F.count(F.lit(1)).alias("keys"), F.max("index").alias("max_index")).first()
+    return vocab, VocabStats(
+        size=max(stats["max_index"] or 0, parent_size - 1) + 1,
+        keys=stats["keys"],
+        new_keys=stats["keys"] - parent_keys,
+        rare_keys=built.rare.count(),
+    )
 
 
 def _ensure_splits(out: Path) -> dict[str, int]:

@@ -11,7 +11,6 @@ from jobs.index.probe import ProbedInput
 from schemas.ratings import CANONICAL_COLUMNS
 
 CORRUPT = "_corrupt_record"
-POSITION = "_pos"
 
 
 def _quoted(name: str) -> F.Column:
@@ -24,7 +23,7 @@ def _text_schema(names: list[str]) -> StructType:
 
 def read_raw(spark: SparkSession, probed: ProbedInput, columns: ColumnMap) -> DataFrame:
     """One row per input record with canonical columns as trimmed text (empty -> NULL),
-    ``raw_record`` (the unparsable line, if any), ``source_file`` and a stable position."""
+    ``raw_record`` (the unparsable line, if any) and ``source_file``."""
     paths = [str(p) for p in probed.files]
     mapping = {canon: raw for canon, raw in columns.model_dump().items() if raw}
     # PERMISSIVE + a corrupt-record column: malformed lines are kept for quarantine,
@@ -54,5 +53,4 @@ def read_raw(spark: SparkSession, probed: ProbedInput, columns: ColumnMap) -> Da
         *[text(c) for c in CANONICAL_COLUMNS],
         F.col(CORRUPT).alias("raw_record"),
         F.col("_metadata.file_path").alias("source_file"),
-        F.monotonically_increasing_id().alias(POSITION),
     )

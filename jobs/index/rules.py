@@ -1,16 +1,19 @@
-"""Validation and deduplication as Spark column expressions (no I/O).
+"""Validation and deduplication as Spark transformations (no I/O).
 
-See schemas.ratings for the contract: every row gets exactly one Outcome, and
-quarantined rows get the first failing Reason.
+See schemas.ratings for the contract: every row is kept, quarantined (first
+failing Reason), an exact duplicate, or superseded by a later rating of the
+same (user, item).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.index.read import POSITION
-from schemas.ratings import Outcome, Reason
+from schemas.ratings import CANONICAL_COLUMNS, Reason
+
+#: Raw text kept for quarantined rows only (NULL on valid rows keeps the cached data narrow).
+RAW_COLUMNS = (*CANONICAL_COLUMNS, "raw_record", "source_file")
 
 
 def parsed_rating() -> Column:
@@ -46,31 +49,46 @@ def reason(rating_range: tuple[float, float], has_timestamp: bool, unit: str) ->
     return rule
 
 
-def classify(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: bool, unit: str) -> DataFrame:
-    """Add ``reason``, typed ``rating_value``/``ts`` and the row's ``outcome``.
-
-    Within one (user, item) the latest rating wins: ordered by timestamp, then
-    rating, then input position, all descending. A row equal to its predecessor
-    in that order on (rating, timestamp) is an exact duplicate; any other
-    non-first row is superseded.
-    """
+def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: bool, unit: str) -> DataFrame:
+    """Columns: ``user``, ``item``, ``rating_value``, ``ts`` (valid rows), ``reason`` (NULL when
+    valid) and, on quarantined rows only, the raw text in ``raw_<column>``."""
+    checked = raw.withColumn("reason", reason(rating_range, has_timestamp, unit))
+    bad = F.col("reason").isNotNull()
     ts = parsed_timestamp(unit) if has_timestamp else F.lit(None).cast("long")
-    frame = raw.withColumn("reason", reason(rating_range, has_timestamp, unit)).select(
-        "*",
-        F.when(F.col("reason").isNull(), parsed_rating()).alias("rating_value"),
-        F.when(F.col("reason").isNull(), ts).alias("ts"),
+    return checked.select(
+        F.when(~bad, F.col("user")).alias("user"),
+        F.when(~bad, F.col("item")).alias("item"),
+        F.when(~bad, parsed_rating()).alias("rating_value"),
+        F.when(~bad, ts).alias("ts"),
+        "reason",
+        *[F.when(bad, F.col(c)).alias(f"raw_{c}") for c in RAW_COLUMNS],
     )
-    ok = F.col("reason").isNull()
-    order = Window.partitionBy(ok, "user", "item").orderBy(
-        F.col("ts").desc_nulls_last(), F.col("rating_value").desc(), F.col(POSITION).desc()
+
+
+def deduplicate(valid: DataFrame) -> DataFrame:
+    """One row per (user, item): the latest rating wins (highest timestamp, then highest rating).
+
+    Also per pair: ``rows`` (input rows) and ``versions`` (distinct (rating, timestamp)), so
+    that duplicates = rows - versions and superseded = versions - 1.
+
+    Three aggregations on one hash partitioning by user (a single shuffle of narrow rows).
+    Each keeps to fixed-width buffers so that Spark runs them as hash aggregates, not
+    sorts: exact copies collapse on (user, item, timestamp, rating), the highest rating wins
+    within (user, item, timestamp), and the latest timestamp within (user, item).
+    """
+    copies = (
+        valid.repartition("user")
+        .groupBy("user", "item", "ts", "rating_value")
+        .agg(F.count(F.lit(1)).alias("copies"))
     )
-    same_as_previous = (F.lag("rating_value").over(order) == F.col("rating_value")) & F.lag("ts").over(
-        order
-    ).eqNullSafe(F.col("ts"))
-    outcome = (
-        F.when(~ok, F.lit(Outcome.QUARANTINED.value))
-        .when(F.row_number().over(order) == 1, F.lit(Outcome.KEPT.value))
-        .when(same_as_previous, F.lit(Outcome.DUPLICATE.value))
-        .otherwise(F.lit(Outcome.SUPERSEDED.value))
+    per_time = copies.groupBy("user", "item", "ts").agg(
+        F.max("rating_value").alias("rating"), F.sum("copies").alias("rows"), F.count(F.lit(1)).alias("versions")
     )
-    return frame.withColumn("outcome", outcome)
+    # ts is unique within (user, item) here, so max_by is deterministic; NULL ts only when
+    # the input has no timestamp column, and then each pair has one row at this level.
+    return per_time.groupBy("user", "item").agg(
+        F.max_by("rating", F.coalesce("ts", F.lit(-(2**62)))).alias("rating"),
+        F.max("ts").alias("ts"),
+        F.sum("rows").alias("rows"),
+        F.sum("versions").alias("versions"),
+    )

@@ -25,11 +25,14 @@ def spark_session(cfg: SparkConfig, app_name: str = "latentstore-index"):
             # getOrCreate would silently keep the running session's settings.
             log.warning("reusing the running Spark session on %s (config asks for %s)", master, cfg.master)
         return active
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Launched by spark-submit: its --master and --driver-memory win over the config.
+        log.info("running under spark-submit: master and driver memory come from spark-submit")
+    else:
+        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(cfg.master)
-        .config("spark.driver.memory", cfg.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.enabled", "false")

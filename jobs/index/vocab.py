@@ -46,9 +46,11 @@ def build_vocab(counts: DataFrame, min_count: int, parent: DataFrame | None, par
     return VocabBuild(vocab=vocab, rare=rare)
 
 
-def apply_vocab(frame: DataFrame, column: str, vocab: DataFrame) -> DataFrame:
+def apply_vocab(frame: DataFrame, column: str, vocab: DataFrame, broadcast: bool = False) -> DataFrame:
     """Replace ``column`` (keys) by its index; keys without one get UNKNOWN_INDEX."""
     lookup = vocab.select(F.col("key").alias(column), F.col("index").alias(f"{column}_index"))
+    if broadcast:
+        lookup = F.broadcast(lookup)
     joined = frame.join(lookup, column, "left")
     return joined.withColumn(column, F.coalesce(F.col(f"{column}_index"), F.lit(UNKNOWN_INDEX)).cast("int")).drop(
         f"{column}_index"
