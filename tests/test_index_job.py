@@ -137,3 +137,29 @@ def test_all_rows_invalid_is_a_clear_error_and_leaves_no_snapshot(tmp_path):
         _index(tmp_path, path)
     assert not (tmp_path / "store" / "snapshots").exists()
     assert list((tmp_path / "store" / "tmp").iterdir()) == []  # staging cleaned up
+
+
+@pytest.mark.slow
+def test_runs_under_spark_submit(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], [["a", "x", 4, 1], ["b", "x", 2, 2]])
+    config = tmp_path / "c.toml"
+    config.write_text('name = "submitted"\n[index.input]\npath = "r.csv"\n'
+                      'columns = { user = "userId", item = "movieId" }\n')
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(bin_dir / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g",
+         str(root / "jobs" / "index" / "__main__.py"), str(config), "--store", str(tmp_path / "store")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{"):])
+    assert summary["counts"]["kept"] == 2 and not summary["reused"]
+    manifest = json.loads((Path(summary["path"]) / "manifest.json").read_text())
+    assert manifest["spark"]["master"] == "local[1]"  # spark-submit's master, not the config's
