@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -116,13 +117,23 @@ def _print_summary(cfg, store: Path, summary: dict) -> None:
     ).fetchone()[0]
     con.close()
     console.print("\nTry:", style="bold")
+    cli, duckdb_cli = _program(sys.argv[0]), _program(str(Path(sys.executable).parent / "duckdb"))
     for line in (
-        f"latentstore similar --store {store} --model {model} --entity item {item}",
-        f"latentstore sql --store {store} \"SELECT * FROM most_similar('{model}', 'item', '{item}', k := 5)\"",
-        f"latentstore sql --store {store} \"SELECT * FROM recommend('{model}', '{user}', k := 5)\"",
-        f"duckdb -init {store}/current.sql",
+        f"{cli} similar --store {store} --model {model} --entity item {item}",
+        f"{cli} sql --store {store} \"SELECT * FROM most_similar('{model}', 'item', '{item}', k := 5)\"",
+        f"{cli} sql --store {store} \"SELECT * FROM recommend('{model}', '{user}', k := 5)\"",
+        f"{duckdb_cli} -init {store}/current.sql",
     ):
         typer.echo(f"  {line}")
+
+
+def _program(path: str) -> str:
+    """How to call a program: its bare name when PATH finds this very file, else its path."""
+    invoked = Path(path)
+    found = shutil.which(invoked.name)
+    if found and Path(found).resolve() == invoked.resolve():
+        return invoked.name
+    return os.path.relpath(invoked) if invoked.is_absolute() else str(invoked)
 
 
 @app.command()

@@ -138,3 +138,23 @@ def test_reopen_sees_the_same_data(published_store):
     second = latentstore.connect(store)
     assert second.execute("SELECT key, vector FROM shop.user ORDER BY key").fetchall() == before
     second.close()
+
+
+def test_vectors_recover_the_planted_taste_clusters(published_store):
+    """The synthetic data plants item clusters; nearest neighbours should mostly share one."""
+    import csv
+
+    store, _, _ = published_store
+    (labels_file,) = (store / "inputs").glob("*.items.csv")
+    with labels_file.open() as fh:
+        cluster = {row["item"]: row["cluster"] for row in csv.DictReader(fh)}
+    con = latentstore.connect(store)
+    keys = [k for (k,) in con.execute("SELECT key FROM shop.item WHERE count >= 20").fetchall()]
+    same = total = 0
+    for key in keys:
+        neighbours = con.execute("SELECT key FROM most_similar('shop', 'item', ?, k := 5)", [key]).fetchall()
+        same += sum(cluster[n] == cluster[key] for (n,) in neighbours)
+        total += len(neighbours)
+    con.close()
+    chance = 1 / len(set(cluster.values()))
+    assert len(keys) >= 20 and same / total >= 0.8 > 2 * chance, same / total
