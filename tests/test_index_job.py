@@ -24,6 +24,7 @@ MESSY_ROWS = [
     ["1", "10", "4.0", "100"],  # exact duplicate
     ["1", "10", "3.0", "200"],  # later rating of (1, 10): supersedes the 4.0
     ["2", "10", "5.0", "50"],
+    ["2", "10", "4.0", "50"],  # same pair, same time, lower rating: superseded by the 5.0
     ["2", "11", "abc", "5"],  # non_numeric_rating
     ["3", "", "4", "5"],  # missing_item
     ["", "12", "4", "5"],  # missing_user
@@ -46,8 +47,8 @@ def test_each_quarantine_reason_and_the_count_identity(tmp_path):
     path = write_csv(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], MESSY_ROWS)
     result = _index(tmp_path, path)
     counts = result.manifest.counts
-    assert counts.read == 14
-    assert (counts.kept, counts.duplicates, counts.superseded) == (3, 1, 1)
+    assert counts.read == 15
+    assert (counts.kept, counts.duplicates, counts.superseded) == (3, 1, 2)
     assert counts.quarantine_reasons == {
         Reason.MALFORMED_LINE: 2, Reason.MISSING_ITEM: 1, Reason.MISSING_RATING: 1, Reason.MISSING_TIMESTAMP: 1,
         Reason.MISSING_USER: 1, Reason.NON_NUMERIC_RATING: 1, Reason.RATING_OUT_OF_RANGE: 1,
@@ -67,6 +68,7 @@ def test_each_quarantine_reason_and_the_count_identity(tmp_path):
     # the latest rating of (1, 10) wins, with its timestamp
     row = kept[kept.user == users["1"]]
     assert row.rating.tolist() == [3.0] and row.timestamp.tolist() == [200]
+    assert kept[kept.user == users["2"]].rating.tolist() == [5.0]  # the higher rating at a tied time
     assert kept[kept.user == users["9"]].timestamp.tolist() == [1577934245]
 
 

@@ -58,3 +58,4 @@ def test_indexing_is_one_to_one_contiguous_and_order_free(spark, keys, data):
     assert indices == list(range(1, len(keys) + 1))  # contiguous from 1, one per key
     expected = sorted(counts, key=lambda kc: (-kc[1], kc[0].encode()))
     assert [k for k, _ in expected] == [k for k, _, _ in sorted(first, key=lambda r: r[1])]
+

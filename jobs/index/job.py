@@ -132,7 +132,7 @@ def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: P
     from pyspark.sql import functions as F
 
     from jobs.index.read import read_raw
-    from jobs.index.rules import RAW_COLUMNS, deduplicate, validate
+    from jobs.index.rules import RAW_COLUMNS, deduplicate, mixed_extra_versions, validate
     from jobs.index.spark import spark_session
     from jobs.index.split import split_column
     from jobs.index.vocab import apply_vocab
@@ -154,12 +154,15 @@ def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: P
                 for row in spark.read.parquet(str(out / QUARANTINE_DIR)).groupBy("reason").count().collect()
             }
         # Pass 2: valid rows, deduplicated per (user, item); kept pairs are reused four times.
-        pairs = deduplicate(parsed.filter(F.col("reason").isNull())).persist(StorageLevel.MEMORY_AND_DISK)
+        valid = parsed.filter(F.col("reason").isNull())
+        pairs = deduplicate(valid).persist(StorageLevel.MEMORY_AND_DISK)
         cached.append(pairs)
         with _timed("deduplicate", timings):
             totals = pairs.agg(
-                F.count(F.lit(1)).alias("kept"), F.sum("rows").alias("rows"), F.sum("versions").alias("versions")
+                F.count(F.lit(1)).alias("kept"), F.sum("rows").alias("rows"), F.sum("times").alias("times"),
+                F.sum("mixed").alias("mixed"),
             ).first()
+            versions = (totals["times"] or 0) + (mixed_extra_versions(valid) if totals["mixed"] else 0)
         valid_rows = totals["rows"] or 0
         if valid_rows == 0:
             raise InputError(f"no valid rows in {cfg.input.path}: all {sum(reasons.values())} rows were "
@@ -168,8 +171,8 @@ def _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, out: P
         outcomes = {
             Outcome.KEPT.value: totals["kept"],
             Outcome.QUARANTINED.value: sum(reasons.values()),
-            Outcome.DUPLICATE.value: totals["rows"] - totals["versions"],
-            Outcome.SUPERSEDED.value: totals["versions"] - totals["kept"],
+            Outcome.DUPLICATE.value: valid_rows - versions,
+            Outcome.SUPERSEDED.value: versions - totals["kept"],
         }
         kept = pairs.select("user", "item", "rating", "ts")
         split_expr, split_record = split_column(kept, cfg.split, has_ts)

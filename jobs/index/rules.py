@@ -68,21 +68,23 @@ def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: b
 def deduplicate(valid: DataFrame) -> DataFrame:
     """One row per (user, item): the latest rating wins (highest timestamp, then highest rating).
 
-    Also per pair: ``rows`` (input rows) and ``versions`` (distinct (rating, timestamp)), so
-    that duplicates = rows - versions and superseded = versions - 1.
+    Per pair also ``rows`` (input rows), ``times`` (distinct timestamps) and ``mixed``
+    (timestamps at which the pair has more than one distinct rating). When no pair is
+    mixed, as in practice, ``versions`` (distinct (rating, timestamp)) = ``times``; see
+    ``mixed_extra_versions`` for the exact correction otherwise. Then
+    duplicates = rows - versions and superseded = versions - 1 per pair.
 
-    Three aggregations on one hash partitioning by user (a single shuffle of narrow rows).
-    Each keeps to fixed-width buffers so that Spark runs them as hash aggregates, not
-    sorts: exact copies collapse on (user, item, timestamp, rating), the highest rating wins
-    within (user, item, timestamp), and the latest timestamp within (user, item).
+    Two aggregations on one hash partitioning by user: a single shuffle of narrow rows,
+    and fixed-width buffers only, so Spark runs hash aggregates rather than sorts.
     """
-    copies = (
+    per_time = (
         valid.repartition("user")
-        .groupBy("user", "item", "ts", "rating_value")
-        .agg(F.count(F.lit(1)).alias("copies"))
-    )
-    per_time = copies.groupBy("user", "item", "ts").agg(
-        F.max("rating_value").alias("rating"), F.sum("copies").alias("rows"), F.count(F.lit(1)).alias("versions")
+        .groupBy("user", "item", "ts")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.max("rating_value").alias("rating"),
+            F.min("rating_value").alias("lowest"),
+        )
     )
     # ts is unique within (user, item) here, so max_by is deterministic; NULL ts only when
     # the input has no timestamp column, and then each pair has one row at this level.
@@ -90,5 +92,17 @@ def deduplicate(valid: DataFrame) -> DataFrame:
         F.max_by("rating", F.coalesce("ts", F.lit(-(2**62)))).alias("rating"),
         F.max("ts").alias("ts"),
         F.sum("rows").alias("rows"),
-        F.sum("versions").alias("versions"),
+        F.count(F.lit(1)).alias("times"),
+        F.sum((F.col("lowest") != F.col("rating")).cast("long")).alias("mixed"),
     )
+
+
+def mixed_extra_versions(valid: DataFrame) -> int:
+    """Distinct (rating, timestamp) versions beyond one per (user, item, timestamp).
+
+    Only needed when some pair has two different ratings at the same timestamp (rare:
+    ``deduplicate`` reports them as ``mixed``); this costs another pass over the input.
+    """
+    per_rating = valid.groupBy("user", "item", "ts", "rating_value").agg(F.lit(1).alias("one"))
+    per_time = per_rating.groupBy("user", "item", "ts").agg(F.count(F.lit(1)).alias("ratings"))
+    return per_time.agg(F.sum(F.col("ratings") - 1)).first()[0] or 0
