@@ -91,3 +91,47 @@ def test_without_resume_a_stale_checkpoint_is_ignored(tmp_path, snapshot):
     fresh = run(cfg, store, directory, manifest, resume=False)
     assert fresh.result["metrics"]["epochs_run"] == 4
     assert _vectors(fresh) == _vectors(straight)
+
+
+KILLABLE = r"""
+import sys, time
+from pathlib import Path
+from jobs.index.snapshots import read_manifest
+from jobs.train.config import TrainConfig
+from jobs.train import trainer
+from jobs.train.job import run
+from schemas.store import StoreLayout
+
+original = trainer.Trainer.save_checkpoint
+def slow_checkpoint(self, extra):  # give the test time to kill us between epochs
+    original(self, extra)
+    print(f"checkpoint {self.state.epochs_done}", flush=True)
+    time.sleep(0.5)
+trainer.Trainer.save_checkpoint = slow_checkpoint
+snapshot, store = Path(sys.argv[1]), StoreLayout(sys.argv[2])
+cfg = TrainConfig(dim=8, epochs=4, batch_size=128, lr=0.02, threads=1, device="cpu")
+run(cfg, store, snapshot, read_manifest(snapshot))
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_with_sigkill_resumes_to_the_same_vectors(tmp_path, snapshot):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    straight, cfg = _train(tmp_path, snapshot, "straight")
+    directory, manifest = snapshot
+    store = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(directory), str(store)],
+                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    for line in child.stdout:
+        if line.startswith("checkpoint 2"):
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    resumed = run(cfg, StoreLayout(store), directory, manifest, resume=True)
+    assert resumed.result["metrics"]["epochs_run"] == 4
+    assert _vectors(resumed) == _vectors(straight)
