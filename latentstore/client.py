@@ -6,7 +6,7 @@ from pathlib import Path
 
 from latentstore import duck
 from schemas.errors import StoreError
-from schemas.store import StoreLayout
+from schemas.store import FORMAT_LINE, StoreLayout
 
 
 def connect(store: str | Path):
@@ -19,6 +19,9 @@ def connect(store: str | Path):
     layout = StoreLayout(store)
     if not layout.format_file.is_file():
         raise StoreError(f"no latentstore store at {layout.root}; run `latentstore run` first")
+    found = layout.format_file.read_text().strip()
+    if found != FORMAT_LINE.strip():
+        raise StoreError(f"{layout.format_file} says {found!r}; this latentstore reads {FORMAT_LINE.strip()!r}")
     try:
         script = layout.current_sql.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jobs.common.files import atomic_write_json, atomic_write_text, read_json
 from schemas.errors import StoreError
-from schemas.store import FORMAT_LINE, FORMAT_NAME, StoreLayout, version_name
+from schemas.store import FORMAT_LINE, StoreLayout, version_name
 
 _VERSION_FILE = re.compile(r"^v(\d{6,})\.(duckdb|json)$")
 
@@ -27,15 +27,6 @@ def ensure_format(store: StoreLayout) -> None:
         return
     store.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(store.format_file, FORMAT_LINE)
-
-
-def check_store(store: StoreLayout) -> None:
-    """Raise StoreError unless ``store.root`` is a store with at least one publish."""
-    if not store.format_file.is_file():
-        raise StoreError(f"no latentstore store at {store.root} (missing {store.format_file.name}; "
-                         f"expected {FORMAT_NAME!r}); run `latentstore run` first")
-    if not store.current_sql.is_file():
-        raise StoreError(f"store {store.root} has nothing published yet")
 
 
 def known_versions(store: StoreLayout, model: str) -> list[int]:
