@@ -25,11 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import SHARED, write_result  # noqa: E402
-from jobs.train.config import TrainConfig  # noqa: E402
+from jobs.train.config import MFConfig  # noqa: E402
 from jobs.train.data import Batch, Interactions  # noqa: E402
 from jobs.train.device import configure_threads  # noqa: E402
-from jobs.train.job import build_model  # noqa: E402
-from jobs.train.trainer import Trainer  # noqa: E402
+from jobs.train.loop import EpochLoop, LoopConfig  # noqa: E402
+from jobs.train.mf import MFLearner, build_model  # noqa: E402
 
 RATINGS = SHARED / "movielens-100k" / "ratings.csv"
 
@@ -49,18 +49,18 @@ def fastai_split(frame: pd.DataFrame):
 
 def run_latentstore(train: Batch, valid: Batch, n_users: int, n_items: int, seed: int) -> dict:
     """The project's trainer exactly as the pipeline runs it (checkpoint every epoch included)."""
-    cfg = TrainConfig(seed=seed)
+    cfg = MFConfig(seed=seed)
     configure_threads(cfg.threads)
     started = time.perf_counter()  # model set-up (the implicit-feedback matrix) counts as training time
     data = Interactions(data=train)
     sizes = {"user": n_users, "item": n_items}
     model = build_model(cfg, data, sizes, (0.0, 5.5), torch.device("cpu"))  # default y_range for [0.5, 5]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, cfg, data, Interactions(data=valid), torch.device("cpu"),
-                          checkpoint=Path(tmp) / "checkpoint.pt")
-        fit = trainer.fit()
+        learner = MFLearner(model, cfg, data, Interactions(data=valid), torch.device("cpu"))
+        loop = LoopConfig(cfg.epochs, patience=cfg.patience, average_from=cfg.average_from)  # as jobs.train.mf.build
+        fit = EpochLoop(learner, loop, checkpoint=Path(tmp) / "checkpoint.pt").fit()
     seconds = time.perf_counter() - started
-    return {"rmse": fit.valid_rmse, "train_seconds": seconds, "ratings_per_s": len(train) * fit.state.epochs_done / seconds}
+    return {"rmse": fit.metrics["valid_rmse"], "train_seconds": seconds, "ratings_per_s": len(train) * fit.state.epochs_done / seconds}
 
 
 class DotBias(torch.nn.Module):

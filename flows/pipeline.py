@@ -1,4 +1,4 @@
-"""The pipeline flow: index -> train -> publish, a task per stage.
+"""The pipeline flow: index once, then train -> publish each of the config's models, a task per stage.
 
 Tasks that touch storage retry on transient I/O errors (OSError), never on
 bad input or config (LatentstoreError), which would fail again the same way.
@@ -57,22 +57,22 @@ def index_task(cfg: PipelineConfig, store: str) -> dict:
         return stages.index(cfg, StoreLayout(store))
 
 
-@task(name="train", **_storage_task)
-def train_task(cfg: PipelineConfig, store: str, snapshot_id: str, resume: bool) -> dict:
+@task(name="train", task_run_name="train-{model}", **_storage_task)
+def train_task(cfg: PipelineConfig, store: str, model: str, snapshot_id: str, resume: bool) -> dict:
     with job_logs_to_prefect():
-        return stages.train(cfg, StoreLayout(store), snapshot_id=snapshot_id, resume=resume)
+        return stages.train(cfg, StoreLayout(store), model=model, snapshot_id=snapshot_id, resume=resume)
 
 
-@task(name="publish", **_storage_task)
-def publish_task(cfg: PipelineConfig, store: str, run_id: str, snapshot_id: str) -> dict:
+@task(name="publish", task_run_name="publish-{model}", **_storage_task)
+def publish_task(cfg: PipelineConfig, store: str, model: str, run_id: str, snapshot_id: str) -> dict:
     with job_logs_to_prefect():
-        return stages.publish(cfg, StoreLayout(store), run_id=run_id, snapshot_id=snapshot_id)
+        return stages.publish(cfg, StoreLayout(store), model=model, run_id=run_id, snapshot_id=snapshot_id)
 
 
 @flow(name="latentstore-pipeline", log_prints=False)
 def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
              resume: bool = True) -> dict:
-    """Index, train and publish one config into one store."""
+    """Index one config's data, then train and publish each of its models into one store."""
     logger = get_run_logger()
     cfg = load_config(config_path, input_path)
     store = str(StoreLayout(store).root)
@@ -83,31 +83,46 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", counts["read"], counts["kept"],
         counts["quarantined"], counts["duplicates"], counts["superseded"],
     )
-    trained = train_task(cfg, store, indexed["snapshot_id"], resume)
-    logger.info("run %s%s: %s", trained["run_id"], " (reused)" if trained["reused"] else "", trained["metrics"])
-    published = publish_task(cfg, store, trained["run_id"], indexed["snapshot_id"])
-    logger.info("published %s v%d%s", published["model"], published["version"],
-                " (already current)" if published["reused"] else "")
-    _artifacts(cfg, indexed, trained, published)
-    return {"index": indexed, "train": trained, "publish": published}
+    _counts_artifact(cfg, indexed)
+    models = {}
+    for model in cfg.model_names():
+        trained = train_task(cfg, store, model, indexed["snapshot_id"], resume)
+        logger.info("%s run %s%s: %s", model, trained["run_id"], " (reused)" if trained["reused"] else "",
+                    trained["metrics"])
+        published = publish_task(cfg, store, model, trained["run_id"], indexed["snapshot_id"])
+        logger.info("published %s v%d%s", published["model"], published["version"],
+                    " (already current)" if published["reused"] else "")
+        _model_artifacts(indexed, trained, published)
+        models[model] = {"train": trained, "publish": published}
+    return {"index": indexed, "models": models}
 
 
-def _artifacts(cfg: PipelineConfig, indexed: dict, trained: dict, published: dict) -> None:
+def _key(name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes."""
+    return name.replace("_", "-")
+
+
+def _counts_artifact(cfg: PipelineConfig, indexed: dict) -> None:
     counts = {k: v for k, v in indexed["counts"].items() if k != "quarantine_reasons"}
-    create_table_artifact([counts], key=f"{cfg.name.replace('_', '-')}-counts", description="Rows by outcome")
+    create_table_artifact([counts], key=f"{_key(cfg.name)}-counts", description="Rows by outcome")
+
+
+def _model_artifacts(indexed: dict, trained: dict, published: dict) -> None:
+    model = published["model"]
     create_table_artifact(
         [{k: v for k, v in epoch.items()} for epoch in trained["history"]] or [{"epoch": "reused"}],
-        key=f"{cfg.name.replace('_', '-')}-epochs",
-        description="Metrics per epoch",
+        key=f"{_key(model)}-epochs",
+        description=f"{model}: metrics per epoch",
     )
-    metric = trained["metrics"].get("valid_rmse")
+    metric = trained["primary_metric"]
+    value = metric["value"]
     tables = ", ".join(f"{e} {i['rows']} x {i['dim']}" for e, i in published["entities"].items())
     create_markdown_artifact(
-        f"# {published['model']} v{published['version']}\n\n"
+        f"# {model} v{published['version']}\n\n"
         f"- snapshot `{indexed['snapshot_id']}`, run `{trained['run_id']}`\n"
-        f"- valid RMSE: {metric if metric is None else f'{metric:.4f}'}\n"
+        f"- {metric['name']}: {value if value is None else f'{value:.4f}'} ({metric['direction']})\n"
         f"- quarantined rows: {indexed['counts']['quarantined']} {indexed['counts']['quarantine_reasons']}\n"
         f"- tables: {tables}\n",
-        key=f"{cfg.name.replace('_', '-')}-published",
-        description="What this run published",
+        key=f"{_key(model)}-published",
+        description=f"What this run published for {model}",
     )

@@ -1,9 +1,10 @@
 """The pipeline config: one TOML file, one section per job.
 
-    name = "movielens"          # dataset and model name (SQL identifier)
+    name = "movielens"          # dataset name, and model name when one model is trained
     [index]  ...                # jobs.index.config.IndexConfig
     [index.input] ...
-    [train]  ...                # jobs.train.config.TrainConfig
+    [train]  ...                # jobs.train.config: one model (MFConfig, SkipgramConfig or GRUConfig) ...
+    [[train]] ...               # ... or several over the same snapshot, each published as its own model
     [publish] ...               # jobs.publish.config.PublishConfig
 """
 
@@ -16,32 +17,73 @@ from pydantic import field_validator, model_validator
 from jobs.common.config import StrictModel, load_toml, validate
 from jobs.index.config import IndexConfig
 from jobs.publish.config import PublishConfig
-from jobs.train.config import TrainConfig
+from jobs.train.config import RATINGS_MODELS, SEQUENCE_MODELS, MFConfig, TrainConfig
+from schemas.errors import ConfigError
 from schemas.store import check_name
 
 
 class PipelineConfig(StrictModel):
-    """A whole pipeline: index -> train -> publish."""
+    """A whole pipeline: index once -> train each model -> publish each model."""
 
     name: str
     """Default dataset name (snapshots/<name>/) and model name (the SQL schema of its tables)."""
     index: IndexConfig
-    train: TrainConfig = TrainConfig()
-    publish: PublishConfig
+    train: tuple[TrainConfig, ...] = (MFConfig(name=None),)
+    """The models to train on the snapshot; a single [train] table or an array of [[train]] tables."""
+    publish: PublishConfig = PublishConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_name(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            data = dict(data)
-            data["index"] = {"dataset": data["name"], **(data.get("index") or {})}
-            data["publish"] = {"model": data["name"], **(data.get("publish") or {})}
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        data = dict(data)
+        data["index"] = {"dataset": data["name"], **(data.get("index") or {})}
+        trains = data.get("train", [{}])
+        trains = [trains] if isinstance(trains, dict) else list(trains)
+        several = len(trains) > 1
+        named = []
+        for train in trains:
+            if isinstance(train, dict) and train.get("name") is None:
+                family = train.get("model", "mf")
+                train = {**train, "name": f"{data['name']}_{family}" if several else data["name"]}
+            named.append(train)
+        data["train"] = named
         return data
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value, "name")
+
+    @model_validator(mode="after")
+    def _models_fit_the_index(self) -> "PipelineConfig":
+        if not self.train:
+            raise ValueError("train: give at least one model")
+        names = [train.name for train in self.train]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train: model names must differ (got {', '.join(names)}); set train.name")
+        fits = RATINGS_MODELS if self.index.kind == "ratings" else SEQUENCE_MODELS
+        for train in self.train:
+            if train.model not in fits:
+                raise ValueError(f"train.model = {train.model!r} does not train on {self.index.kind}; "
+                                 f"use {' or '.join(sorted(fits))}")
+        return self
+
+    def model_names(self) -> list[str]:
+        return [train.name for train in self.train]
+
+    def model(self, name: str | None = None) -> TrainConfig:
+        """The train config of model ``name``; without a name, the only model."""
+        if name is None:
+            if len(self.train) > 1:
+                raise ConfigError(f"config {self.name!r} trains several models ({', '.join(self.model_names())}): "
+                                  "name one")
+            return self.train[0]
+        for train in self.train:
+            if train.name == name:
+                return train
+        raise ConfigError(f"config {self.name!r} has no model {name!r}; its models: {', '.join(self.model_names())}")
 
 
 def load_config(path: str | Path, input_path: str | None = None) -> PipelineConfig:

@@ -29,25 +29,33 @@ def _snapshot(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None):
     return directory, read_manifest(directory)
 
 
-def train(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None = None, resume: bool = True) -> dict:
+def train(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, snapshot_id: str | None = None,
+          resume: bool = True) -> dict:
+    """Train ``model`` (the config's only model when None) on a snapshot (the dataset's latest when None)."""
     from jobs.train.job import run
 
+    train_cfg = cfg.model(model)
     directory, manifest = _snapshot(cfg, store, snapshot_id)
-    result = run(cfg.train, store, directory, manifest, resume=resume)
-    return {"run_id": result.run_id, "snapshot_id": manifest.snapshot_id, "reused": result.reused,
+    result = run(train_cfg, store, directory, manifest, resume=resume)
+    return {"model": train_cfg.name, "family": train_cfg.model, "run_id": result.run_id, "snapshot_id": manifest.snapshot_id,
+            "reused": result.reused,
             "metrics": {k: v for k, v in result.result["metrics"].items() if k != "history"},
-            "history": result.result["metrics"]["history"]}
+            "primary_metric": result.result["primary_metric"], "history": result.result["metrics"]["history"]}
 
 
-def publish(cfg: PipelineConfig, store: StoreLayout, run_id: str | None = None, snapshot_id: str | None = None) -> dict:
+def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, run_id: str | None = None,
+            snapshot_id: str | None = None) -> dict:
+    """Publish ``model``'s finished run (by default the run of its config on the snapshot)."""
     from jobs.publish.job import run
     from jobs.train.job import RESULT, run_id_for
 
+    train_cfg = cfg.model(model)
     directory, manifest = _snapshot(cfg, store, snapshot_id)
-    run_id = run_id or run_id_for(manifest.snapshot_id, cfg.train)
+    run_id = run_id or run_id_for(manifest.snapshot_id, train_cfg)
     run_dir = store.run_dir(run_id)
     if not (run_dir / RESULT).is_file():
-        raise StoreError(f"training run {run_id} has not finished in {store.root}; run the train stage first")
-    result = run(cfg.publish, store, run_dir, read_json(run_dir / RESULT), directory, manifest)
+        raise StoreError(f"training run {run_id} of {train_cfg.name} has not finished in {store.root}; "
+                         "run the train stage first")
+    result = run(cfg.publish, train_cfg.name, store, run_dir, read_json(run_dir / RESULT), directory, manifest)
     return {"model": result.model, "version": result.version, "reused": result.reused,
             "file": str(result.path), "entities": result.record["entities"]}

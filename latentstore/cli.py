@@ -65,66 +65,84 @@ def _preflight(config: Path, input_path: Path | None):
 
     cfg = load_config(config, str(input_path) if input_path else None)
     if cfg.index.input.path is not None and "://" not in cfg.index.input.path:
-        probe(cfg.index.input)
+        probe(cfg.index)
     return cfg
 
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
+    configs: Annotated[list[Path], typer.Argument(help="Pipeline configs (TOML), run one after the other.")],
     store: StoreOption = DEFAULT_STORE,
     input: Annotated[Path | None, typer.Option("--input", help="Read this file or folder instead of the config's input.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its checkpoint.")] = True,
 ) -> None:
-    """Index, train and publish CONFIG as one Prefect flow run."""
+    """Index, train and publish each CONFIG as one Prefect flow run."""
     _setup_logging()
+    if input is not None and len(configs) > 1:
+        _fail("--input replaces one config's input: give one config with it")
     try:
-        cfg = _preflight(config, input)
+        loaded = [_preflight(config, input) for config in configs]  # every config checked before any runs
         _prefect_env(store)
         from flows.pipeline import pipeline
 
-        summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume)
+        for config, cfg in zip(configs, loaded):
+            summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume)
+            _print_summary(cfg, store, summary)
     except LatentstoreError as exc:
         _fail(str(exc))
-    _print_summary(cfg, store, summary)
 
 
 def _print_summary(cfg, store: Path, summary: dict) -> None:
     from rich.console import Console
 
     console = Console()
-    published = summary["publish"]
-    model, version = published["model"], published["version"]
     counts = summary["index"]["counts"]
-    rmse = summary["train"]["metrics"].get("valid_rmse")
-    console.print(f"\n[bold green]published[/] {model} v{version} into {store.resolve()}")
+    console.print(f"\n[bold]{cfg.name}[/] into {store.resolve()}")
     console.print(
         f"  rows: read {counts['read']}, kept {counts['kept']}, quarantined {counts['quarantined']}, "
         f"duplicates {counts['duplicates']}, superseded {counts['superseded']}"
     )
-    console.print(f"  validation RMSE: {rmse:.4f}" if rmse is not None else "  validation RMSE: n/a")
-    for entity, info in sorted(published["entities"].items()):
-        console.print(f"  {model}.{entity}: {info['rows']} vectors of dim {info['dim']}"
-                      f"{' (HNSW index)' if info['hnsw'] else ''}")
+    for model, outcome in summary["models"].items():
+        published, metric = outcome["publish"], outcome["train"]["primary_metric"]
+        value = "n/a" if metric["value"] is None else f"{metric['value']:.4f}"
+        console.print(f"[bold green]published[/] {model} v{published['version']}: {metric['name']} {value}")
+        for entity, info in sorted(published["entities"].items()):
+            console.print(f"  {model}.{entity}: {info['rows']} vectors of dim {info['dim']}"
+                          f"{' (HNSW index)' if info['hnsw'] else ''}")
+    console.print("\nTry:", style="bold")
+    for line in _examples(store, summary):
+        typer.echo(f"  {line}")
+
+
+def _examples(store: Path, summary: dict) -> list[str]:
+    """Commands to copy, with real keys from the store: the most frequent item or token and user."""
     from latentstore import connect
 
-    con = connect(store)
-    item = con.execute(
-        "SELECT key FROM embeddings WHERE model = ? AND entity = 'item' ORDER BY count DESC, key LIMIT 1", [model]
-    ).fetchone()[0]
-    user = con.execute(
-        "SELECT key FROM embeddings WHERE model = ? AND entity = 'user' ORDER BY count DESC, key LIMIT 1", [model]
-    ).fetchone()[0]
-    con.close()
-    console.print("\nTry:", style="bold")
     cli, duckdb_cli = _program(sys.argv[0]), _program(str(Path(sys.executable).parent / "duckdb"))
-    for line in (
-        f"{cli} similar --store {store} --model {model} --entity item {item}",
-        f"{cli} sql --store {store} \"SELECT * FROM most_similar('{model}', 'item', '{item}', k := 5)\"",
-        f"{cli} sql --store {store} \"SELECT * FROM recommend('{model}', '{user}', k := 5)\"",
-        f"{duckdb_cli} -init {store}/current.sql",
-    ):
-        typer.echo(f"  {line}")
+    con = connect(store)
+
+    def top(model: str, entity: str) -> str:
+        row = con.execute("SELECT key FROM embeddings WHERE model = ? AND entity = ? ORDER BY count DESC, key LIMIT 1",
+                          [model, entity]).fetchone()
+        return row[0] if row else "?"
+
+    lines = []
+    try:
+        for model, outcome in summary["models"].items():
+            family = outcome["train"]["family"]
+            things = "item" if family == "mf" else "token"
+            thing, user = top(model, things), top(model, "user")
+            lines.append(f"{cli} similar --store {store} --model {model} --entity {things} '{thing}'")
+            if family == "mf":
+                lines.append(f"{cli} sql --store {store} \"SELECT * FROM recommend('{model}', '{user}', k := 5)\"")
+            elif family == "gru":
+                lines.append(f"{cli} sql --store {store} \"SELECT * FROM next_events('{model}', '{user}', k := 5)\"")
+            else:
+                lines.append(f"{cli} sql --store {store} \"SELECT * FROM nearest('{model}', 'token', "
+                             f"vector_of('{model}', 'user', '{user}'), k := 5)\"")
+    finally:
+        con.close()
+    return lines + [f"{duckdb_cli} -init {store}/current.sql"]
 
 
 def _program(path: str) -> str:
@@ -143,32 +161,42 @@ def index(config: Path, store: StoreOption = DEFAULT_STORE,
     _run_stage("index", config, store, input)
 
 
+ModelOption = Annotated[str | None, typer.Option("--model", help="One of the config's models (default: all of them).")]
+SnapshotOption = Annotated[str | None, typer.Option(help="Snapshot id (default: the dataset's latest).")]
+
+
 @app.command()
-def train(config: Path, store: StoreOption = DEFAULT_STORE,
-          snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: the dataset's latest).")] = None,
+def train(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
+          snapshot: SnapshotOption = None,
           resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True) -> None:
-    """Run only the train stage (PyTorch) on a snapshot."""
-    _run_stage("train", config, store, None, snapshot_id=snapshot, resume=resume)
+    """Run only the train stage (PyTorch) on a snapshot, for each model of the config."""
+    _run_stage("train", config, store, None, model=model, snapshot_id=snapshot, resume=resume)
 
 
 @app.command()
-def publish(config: Path, store: StoreOption = DEFAULT_STORE,
-            snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: the dataset's latest).")] = None) -> None:
-    """Run only the publish stage (DuckDB) for the config's finished training run."""
-    _run_stage("publish", config, store, None, snapshot_id=snapshot)
+def publish(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
+            snapshot: SnapshotOption = None) -> None:
+    """Run only the publish stage (DuckDB) for each model's finished training run."""
+    _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot)
 
 
-def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, **kwargs) -> None:
+def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, model: str | None = None,
+               **kwargs) -> None:
     _setup_logging()
     from jobs import stages
     from schemas.store import StoreLayout
 
     try:
         cfg = _preflight(config, input_path) if name == "index" else _load(config)
-        summary = getattr(stages, name)(cfg, StoreLayout(store), **kwargs)
+        if name == "index":
+            summaries = [stages.index(cfg, StoreLayout(store))]
+        else:
+            models = [cfg.model(model).name] if model else cfg.model_names()
+            summaries = [getattr(stages, name)(cfg, StoreLayout(store), model=m, **kwargs) for m in models]
     except LatentstoreError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    for summary in summaries:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
 
 
 def _load(config: Path):

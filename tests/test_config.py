@@ -24,7 +24,7 @@ def test_name_fills_dataset_and_model(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('name = "films"\n[index.input]\npath = "data.csv"\n')
     cfg = load_config(path)
-    assert cfg.index.dataset == "films" and cfg.publish.model == "films"
+    assert cfg.index.dataset == "films" and cfg.model_names() == ["films"]
     # relative input paths resolve against the config file's folder
     assert cfg.index.input.path == str(tmp_path / "data.csv")
 
@@ -64,7 +64,7 @@ def test_invalid_toml_and_missing_file(tmp_path):
 def test_config_is_frozen():
     cfg = load_config(ROOT / "configs" / "default.toml")
     with pytest.raises(Exception):
-        cfg.train.dim = 3
+        cfg.train[0].dim = 3
 
 
 def test_input_override_replaces_a_synthetic_source(tmp_path):

@@ -39,13 +39,15 @@ def test_pipeline_flow_publishes_then_reuses_everything(prefect_harness, spark, 
     state = pipeline(str(config), str(store), return_state=True)
     assert state.is_completed(), state.message
     first = state.result()
-    assert first["publish"]["version"] == 1 and not first["index"]["reused"] and not first["train"]["reused"]
+    model = first["models"]["flowdemo"]
+    assert model["publish"]["version"] == 1 and not first["index"]["reused"] and not model["train"]["reused"]
     counts = first["index"]["counts"]
     assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["duplicates"] + counts["superseded"]
 
     second = pipeline(str(config), str(store))
-    assert second["index"]["reused"] and second["train"]["reused"] and second["publish"]["reused"]
-    assert second["publish"]["version"] == 1
+    again = second["models"]["flowdemo"]
+    assert second["index"]["reused"] and again["train"]["reused"] and again["publish"]["reused"]
+    assert again["publish"]["version"] == 1
 
     con = latentstore.connect(store)
     assert con.execute("SELECT count(*) FROM versions").fetchone()[0] == 1

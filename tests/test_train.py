@@ -8,7 +8,7 @@ import torch
 
 from jobs import stages
 from jobs.index.snapshots import read_manifest
-from jobs.train.config import TrainConfig
+from jobs.train.config import MFConfig
 from jobs.train.job import CHECKPOINT, run
 from schemas.store import StoreLayout
 from tests.helpers import pipeline_config
@@ -27,7 +27,7 @@ def snapshot(spark, tmp_path_factory):
 
 
 def _train(tmp_path, snapshot, name, **overrides):
-    cfg = TrainConfig(**{"dim": 8, "epochs": 4, "batch_size": 128, "lr": 0.02, "threads": 1, "device": "cpu",
+    cfg = MFConfig(**{"dim": 8, "epochs": 4, "batch_size": 128, "lr": 0.02, "threads": 1, "device": "cpu",
                          **overrides})
     directory, manifest = snapshot
     return run(cfg, StoreLayout(tmp_path / name), directory, manifest, resume=True), cfg
@@ -97,19 +97,19 @@ KILLABLE = r"""
 import sys, time
 from pathlib import Path
 from jobs.index.snapshots import read_manifest
-from jobs.train.config import TrainConfig
-from jobs.train import trainer
+from jobs.train.config import MFConfig
+from jobs.train import loop
 from jobs.train.job import run
 from schemas.store import StoreLayout
 
-original = trainer.Trainer.save_checkpoint
-def slow_checkpoint(self, extra):  # give the test time to kill us between epochs
-    original(self, extra)
+original = loop.EpochLoop.save_checkpoint
+def slow_checkpoint(self):  # give the test time to kill us between epochs
+    original(self)
     print(f"checkpoint {self.state.epochs_done}", flush=True)
     time.sleep(0.5)
-trainer.Trainer.save_checkpoint = slow_checkpoint
+loop.EpochLoop.save_checkpoint = slow_checkpoint
 snapshot, store = Path(sys.argv[1]), StoreLayout(sys.argv[2])
-cfg = TrainConfig(dim=8, epochs=4, batch_size=128, lr=0.02, threads=1, device="cpu")
+cfg = MFConfig(dim=8, epochs=4, batch_size=128, lr=0.02, threads=1, device="cpu")
 run(cfg, store, snapshot, read_manifest(snapshot))
 """
 

@@ -20,11 +20,31 @@ class StrictModel(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def describe_validation_error(err: ValidationError, source: str) -> str:
+def _as_written(loc: tuple, data: object) -> list[str]:
+    """The error's location as the user wrote it: no list position where they wrote a single
+    table (``[train]`` that the config wraps in a list), no union tag (``mf``) that pydantic adds."""
+    parts, current = [], data
+    for position, part in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(part, int) and isinstance(current, dict):
+            continue  # a single table that was wrapped into a list
+        if isinstance(part, str) and isinstance(current, dict) and part not in current and not last:
+            continue  # a tagged-union tag: the same table continues
+        parts.append(str(part))
+        if isinstance(current, dict):
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+        else:
+            current = None
+    return parts
+
+
+def describe_validation_error(err: ValidationError, source: str, data: object = None) -> str:
     """One line per problem: ``file: section.field: message``."""
     lines = []
     for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        where = ".".join(_as_written(problem["loc"], data)) or "(top level)"
         msg = problem["msg"]
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -50,4 +70,4 @@ def validate(model: type[M], data: dict, source: str, base_dir: Path | None = No
     try:
         return model.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+        raise ConfigError(describe_validation_error(exc, source, data)) from None

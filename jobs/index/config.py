@@ -1,13 +1,14 @@
-"""Config of the index stage: where the raw ratings are, how to read and validate them."""
+"""Config of the index stage: where the raw ratings or events are, how to read and validate them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from jobs.common.config import StrictModel
+from schemas.events import ANY_TYPE, TYPE, log_edges, template_fields
 from schemas.store import check_name
 
 InputFormat = Literal["auto", "csv", "tsv", "movielens-udata", "movielens-dat", "parquet", "jsonl"]
@@ -24,8 +25,10 @@ class ColumnMap(StrictModel):
     """Raw column with the numeric rating."""
     timestamp: str | None = "timestamp"
     """Raw column with the event time (Unix seconds/milliseconds or ISO-8601); "" for none."""
+    type: str | None = None
+    """Events only: raw column with the event type (e.g. page_view); none: every row uses the "*" template."""
 
-    @field_validator("timestamp")
+    @field_validator("timestamp", "type")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -34,6 +37,8 @@ class ColumnMap(StrictModel):
 class SyntheticRatings(StrictModel):
     """Generate a ratings set with planted taste clusters instead of reading a file."""
 
+    kind: Literal["ratings"] = "ratings"
+    """What to generate (set from ``index.kind``)."""
     users: int = Field(2000, ge=10)
     """Number of users."""
     items: int = Field(600, ge=10)
@@ -48,12 +53,69 @@ class SyntheticRatings(StrictModel):
     """Seed of the generator; the same settings give the same file."""
 
 
+class SyntheticEvents(StrictModel):
+    """Generate an event log with planted user segments instead of reading a file (see jobs.synthetic.events).
+
+    Every token (a page view of a page type on a portal, a scroll depth on a page type,
+    a search category, a purchased item) belongs to one of ``segments`` groups; a user
+    belongs to one segment and draws most events from its group, following its typical
+    transitions.
+    """
+
+    kind: Literal["events"] = "events"
+    """What to generate (set from ``index.kind``)."""
+    users: int = Field(2000, ge=10)
+    """Number of users."""
+    segments: int = Field(8, ge=2)
+    """Hidden user segments; the tokens are split into as many planted groups."""
+    sessions_per_user: float = Field(6.0, gt=0)
+    """Mean sessions per user (1 + Poisson)."""
+    events_per_session: float = Field(8.0, ge=1)
+    """Mean events per session (geometric, at least 1)."""
+    page_types: int = Field(16, ge=1)
+    """Page types (home, product, ...); page views are page type x portal."""
+    portals: int = Field(6, ge=1)
+    """Portals (sites or countries)."""
+    search_categories: int = Field(24, ge=1)
+    """Categories of search events."""
+    items: int = Field(240, ge=1)
+    """Purchasable items."""
+    follow: float = Field(0.5, ge=0, le=1)
+    """Chance that an in-group event is its previous token's planted successor (the typical transition)."""
+    overlap: float = Field(0.1, ge=0, le=1)
+    """Share of events drawn from the next segment's group (segments overlap)."""
+    noise: float = Field(0.1, ge=0, le=1)
+    """Share of events drawn from all tokens by popularity (noise)."""
+    dirty: float = Field(0.002, ge=0, le=1)
+    """Share of rows with a defect the index stage must quarantine (missing user, bad time, unknown type, ...)."""
+    seed: int = 42
+    """Seed of the generator; the same settings give the same file."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> "SyntheticEvents":
+        if self.overlap + self.noise > 1:
+            raise ValueError("overlap + noise must be at most 1")
+        return self
+
+
+def _synthetic_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "ratings"))
+    return str(getattr(value, "kind", "ratings"))
+
+
+Synthetic = Annotated[
+    Annotated[SyntheticRatings, Tag("ratings")] | Annotated[SyntheticEvents, Tag("events")],
+    Discriminator(_synthetic_kind),
+]
+
+
 class InputConfig(StrictModel):
-    """The raw ratings: one file, a directory of files, or generated data."""
+    """The raw ratings or events: one file, a directory of files, or generated data."""
 
     path: str | None = None
     """File or directory (relative paths resolve against the config file's directory)."""
-    synthetic: SyntheticRatings | None = None
+    synthetic: Synthetic | None = None
     """Generate the data instead (written under the store's inputs/)."""
     format: InputFormat = "auto"
     """auto picks by name: u.data, *.dat, *.csv, *.tsv, *.parquet, *.jsonl/*.json."""
@@ -107,11 +169,85 @@ class SparkConfig(StrictModel):
     """Any extra Spark settings, e.g. executor memory or s3a credentials providers."""
 
 
+class BucketConfig(StrictModel):
+    """How a numeric field enters a token: as the label of its bucket (see schemas.events)."""
+
+    edges: list[float] | None = None
+    """Ascending edges, e.g. [0, 500, 1000, 2000]: "<0", "0-500", ..., "2000+"."""
+    log_start: float | None = Field(None, gt=0)
+    """Log scale instead: edges 0, start, start*base, start*base^2, ... (negative values are quarantined)."""
+    log_base: float = Field(2.0, gt=1)
+    """Ratio between consecutive log-scale edges."""
+    unit: str = ""
+    """Appended to the label, e.g. "px" -> "1000-2000px"."""
+
+    @model_validator(mode="after")
+    def _one_scale(self) -> "BucketConfig":
+        if (self.edges is None) == (self.log_start is None):
+            raise ValueError("set exactly one of edges or log_start")
+        if self.edges is not None and (not self.edges or any(a >= b for a, b in zip(self.edges, self.edges[1:]))):
+            raise ValueError("edges must be a non-empty, strictly ascending list")
+        return self
+
+    @property
+    def is_log(self) -> bool:
+        return self.log_start is not None
+
+    def bucket_edges(self) -> list[float]:
+        return list(self.edges) if self.edges is not None else log_edges(self.log_start, self.log_base)
+
+
+class EventsConfig(StrictModel):
+    """Events only: how rows become tokens, tokens become sessions, and what is held out."""
+
+    templates: dict[str, str]
+    """Per event type, the token: "{type}:{page_type}:{portal}" (fields in braces are input columns,
+    {type} the event type). "*" applies to unlisted types; without it they are quarantined."""
+    buckets: dict[str, BucketConfig] = {}
+    """Numeric fields that enter tokens as bucket labels, by column name."""
+    session_gap_seconds: int = Field(1800, ge=0)
+    """A gap longer than this starts a new session (exactly the gap does not); 0: one session per user."""
+    max_length: int = Field(50, ge=2)
+    """Sessions longer than this are split into chunks of this many events (counted, never truncated)."""
+    holdout: int = Field(1, ge=1)
+    """The last this many events of each user (with more than that) are held out for validation."""
+    history_length: int = Field(200, ge=1)
+    """Per user, the last events kept for validation queries and user vectors."""
+    drop_duplicates: bool = True
+    """Drop exact duplicate events (same user, time, type and fields); they are counted."""
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("give at least one template")
+        for event_type, template in value.items():
+            if not template_fields(template) and not template:
+                raise ValueError(f"template for {event_type!r} is empty")
+        return value
+
+    def fields(self) -> list[str]:
+        """Every input column a template or bucket names ({type} excluded), in first-use order."""
+        names: dict[str, None] = {}
+        for template in self.templates.values():
+            names.update(dict.fromkeys(f for f in template_fields(template) if f != TYPE))
+        return list(names)
+
+    @model_validator(mode="after")
+    def _buckets_are_used(self) -> "EventsConfig":
+        unused = set(self.buckets) - set(self.fields())
+        if unused:
+            raise ValueError(f"buckets for fields no template uses: {', '.join(sorted(unused))}")
+        return self
+
+
 class IndexConfig(StrictModel):
-    """The index stage: raw ratings -> validated, deduplicated, indexed snapshot."""
+    """The index stage: raw ratings or events -> validated, deduplicated, indexed snapshot."""
 
     dataset: str
     """Snapshot namespace in the store (defaults to the config's name)."""
+    kind: Literal["ratings", "events"] = "ratings"
+    """ratings: (user, item, rating) interactions; events: an event log that becomes tokens and sessions."""
     input: InputConfig
     min_count: int = Field(1, ge=1)
     """Keys seen fewer times than this map to the reserved index 0."""
@@ -120,7 +256,47 @@ class IndexConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     parent: str = "latest"
     """Vocabulary parent: "latest" snapshot of this dataset, "none", or a snapshot id."""
+    events: EventsConfig | None = None
+    """How events become tokens and sessions (required when kind = "events")."""
     spark: SparkConfig = SparkConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_kind_from_index(cls, data: object) -> object:
+        """``[index.input.synthetic]`` generates what ``index.kind`` indexes."""
+        if isinstance(data, dict):
+            source = data.get("input")
+            synthetic = source.get("synthetic") if isinstance(source, dict) else None
+            if isinstance(synthetic, dict) and "kind" not in synthetic:
+                source = {**source, "synthetic": {**synthetic, "kind": data.get("kind", "ratings")}}
+                data = {**data, "input": source}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> "IndexConfig":
+        synthetic = self.input.synthetic
+        if synthetic is not None and synthetic.kind != self.kind:
+            raise ValueError(f"input.synthetic generates {synthetic.kind} but index.kind is {self.kind!r}")
+        if self.kind == "ratings":
+            if self.events is not None:
+                raise ValueError("index.events is only for kind = 'events'")
+            if self.input.columns.type is not None:
+                raise ValueError("input.columns.type is only for kind = 'events'")
+            return self
+        if self.events is None:
+            raise ValueError("kind = 'events' needs an [index.events] section with the token templates")
+        for name in ("item", "rating"):
+            if name in self.input.columns.model_fields_set:
+                raise ValueError(f"input.columns.{name} is not used by kind = 'events': name the column in a template")
+        if self.input.columns.timestamp is None:
+            raise ValueError("kind = 'events' needs input.columns.timestamp: sessions are ordered by time")
+        if self.input.columns.type is None and set(self.events.templates) != {ANY_TYPE}:
+            raise ValueError('without input.columns.type every row is one type: give only the "*" template')
+        for name in ("split", "rating_range"):
+            if name in self.model_fields_set:
+                raise ValueError(f"index.{name} is only for kind = 'ratings'; events hold out each user's last events "
+                                 "(index.events.holdout)")
+        return self
 
     @field_validator("dataset")
     @classmethod
@@ -136,8 +312,32 @@ class IndexConfig(StrictModel):
 
     def data_config(self) -> dict:
         """The fields that shape the snapshot's content (hashed into its id)."""
+        if self.kind == "events":
+            return self.model_dump(
+                mode="json",
+                include={"kind", "min_count", "input", "events"},
+                exclude={"input": {"path": True, "synthetic": True, "fingerprint": True, "columns": {"item", "rating"}}},
+            )
         return self.model_dump(
             mode="json",
             include={"min_count", "rating_range", "split", "input"},
-            exclude={"input": {"path", "synthetic", "fingerprint"}},
+            # columns.type is excluded so that ratings snapshots keep the content key they had before events
+            exclude={"input": {"path": True, "synthetic": True, "fingerprint": True, "columns": {"type"}}},
         )
+
+    def raw_columns(self) -> list[tuple[str, str]]:
+        """Every raw input column the job reads, once each, with where the config names it (for errors)."""
+        columns = self.input.columns
+        if self.kind == "ratings":
+            named = [(f"input.columns.{k}", v) for k, v in columns.model_dump().items() if k != "type"]
+        else:
+            named = [("input.columns.user", columns.user), ("input.columns.timestamp", columns.timestamp),
+                     ("input.columns.type", columns.type)]
+            named += [(f"index.events.templates.{event_type}", field)
+                      for event_type, template in self.events.templates.items()
+                      for field in template_fields(template) if field != TYPE]
+        seen: dict[str, str] = {}
+        for where, raw in named:
+            if raw:
+                seen.setdefault(raw, where)
+        return [(where, raw) for raw, where in seen.items()]

@@ -88,7 +88,7 @@ def content_key(cfg: IndexConfig, probed: ProbedInput, files: list[InputFile]) -
 
 def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
     cfg = resolve_input(cfg, store)
-    probed = probe(cfg.input)
+    probed = probe(cfg)
     files = fingerprint(probed.files, cfg.input.fingerprint)
     input_fp, key = content_key(cfg, probed, files)
     existing = find_by_content(store, cfg.dataset, key)

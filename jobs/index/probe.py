@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.index.config import InputConfig
+from jobs.index.config import IndexConfig
 from schemas.errors import InputError
 from schemas.ratings import ITEM, RATING, TIMESTAMP, USER
 
@@ -143,21 +143,18 @@ def _columns(files: list[Path], fmt: str, sep: str | None, header: bool) -> list
         raise InputError(f"cannot read {first} as {fmt}: {exc}") from None
 
 
-def probe(cfg: InputConfig) -> ProbedInput:
-    """Check the input exists, is non-empty and has every mapped column."""
-    assert cfg.path is not None, "synthetic inputs are generated before probing"
-    files = list_files(cfg.path)
-    fmt = cfg.format if cfg.format != "auto" else detect_format(files[0])
-    sep = cfg.delimiter or _SEPARATORS.get(fmt)
-    header = cfg.header and fmt in ("csv", "tsv")
+def probe(cfg: IndexConfig) -> ProbedInput:
+    """Check the input exists, is non-empty and has every column the index stage reads."""
+    source = cfg.input
+    assert source.path is not None, "synthetic inputs are generated before probing"
+    files = list_files(source.path)
+    fmt = source.format if source.format != "auto" else detect_format(files[0])
+    sep = source.delimiter or _SEPARATORS.get(fmt)
+    header = source.header and fmt in ("csv", "tsv")
     columns = _columns(files, fmt, sep, header)
     if not _has_rows(files, fmt, header):
-        raise InputError(f"input has no rows: {cfg.path}")
-    mapping = cfg.columns.model_dump()
-    for field, raw in mapping.items():
-        if raw is None or raw in columns:
-            continue
-        raise InputError(
-            f"column {raw!r} (input.columns.{field}) not found in {files[0]}; its columns are: {', '.join(columns)}"
-        )
+        raise InputError(f"input has no rows: {source.path}")
+    for where, raw in cfg.raw_columns():
+        if raw not in columns:
+            raise InputError(f"column {raw!r} ({where}) not found in {files[0]}; its columns are: {', '.join(columns)}")
     return ProbedInput(files=files, format=fmt, columns=columns, separator=sep, header=header)

@@ -59,7 +59,7 @@ def build_version_file(
                     f'CREATE INDEX "{table}_hnsw" ON "{table}" USING HNSW (vector) '
                     f"WITH (metric = 'cosine', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
                 )
-                log.info("HNSW index on %s.%s: %d rows in %.1fs", cfg.model, table, rows, time.perf_counter() - started)
+                log.info("HNSW index on %s.%s: %d rows in %.1fs", meta["model"], table, rows, time.perf_counter() - started)
             entities[entity] = {"table": table, "rows": rows, "dim": dim, "hnsw": hnsw}
         con.execute(
             """

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from jobs.common.config import StrictModel
-from schemas.store import check_name
 
 
 class PublishConfig(StrictModel):
-    """Where and how vectors are published."""
+    """How vectors are published (the model name comes from each [train] entry)."""
 
-    model: str
-    """Model name in the store: the ATTACH alias and table prefix (defaults to the config's name)."""
     hnsw_min_rows: int = Field(100_000, ge=1)
     """Tables with at least this many rows get an HNSW index; smaller ones use exact search."""
     hnsw_m: int = Field(16, ge=2)
@@ -21,8 +18,3 @@ class PublishConfig(StrictModel):
     """HNSW build-time candidate list (vss option ef_construction)."""
     lock_timeout_seconds: float = Field(600.0, ge=0)
     """How long to wait for another publish holding the store's writer lock."""
-
-    @field_validator("model")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "model")

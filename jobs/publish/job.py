@@ -36,7 +36,7 @@ from jobs.publish.registry import (
 )
 from latentstore.duck import install_vss
 from schemas.snapshot import Manifest
-from schemas.store import StoreLayout, version_name
+from schemas.store import StoreLayout, check_name, version_name
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +59,35 @@ def refresh_current_sql(store: StoreLayout) -> None:
 
 
 def run(
-    cfg: PublishConfig, store: StoreLayout, run_dir: Path, result: dict, snapshot_dir: Path, manifest: Manifest
+    cfg: PublishConfig, model: str, store: StoreLayout, run_dir: Path, result: dict, snapshot_dir: Path,
+    manifest: Manifest,
 ) -> PublishResult:
+    """Publish the finished run in ``run_dir`` as the next version of ``model`` and make it current."""
+    model = check_name(model, "model")
     ensure_format(store)
     with writer_lock(store.lock_file, cfg.lock_timeout_seconds):
-        existing = find_run(store, cfg.model, result["run_id"])
-        if existing is not None and current_version(store, cfg.model) == existing["version"]:
-            log.info("run %s is already %s %s (current)", result["run_id"], cfg.model, version_name(existing["version"]))
-            return PublishResult(cfg.model, existing["version"], store.root / existing["file"], existing, True)
+        existing = find_run(store, model, result["run_id"])
+        if existing is not None and current_version(store, model) == existing["version"]:
+            log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
+            return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
         install_vss(store.extensions)
-        version = max(known_versions(store, cfg.model), default=0) + 1
-        record = _publish_version(cfg, store, run_dir, result, snapshot_dir, manifest, version)
-        switch_pointer(store, cfg.model, version, "publish", result["run_id"])
+        version = max(known_versions(store, model), default=0) + 1
+        record = _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version)
+        switch_pointer(store, model, version, "publish", result["run_id"])
         refresh_current_sql(store)
-    log.info("published %s %s (%s)", cfg.model, version_name(version), _entity_summary(record))
-    return PublishResult(cfg.model, version, store.version_file(cfg.model, version), record, False)
+    log.info("published %s %s (%s)", model, version_name(version), _entity_summary(record))
+    return PublishResult(model, version, store.version_file(model, version), record, False)
 
 
-def _publish_version(cfg, store, run_dir, result, snapshot_dir, manifest, version) -> dict:
+def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version) -> dict:
     from jobs.publish.build import build_version_file
 
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     store.tmp.mkdir(parents=True, exist_ok=True)
-    staging = store.tmp / f"{cfg.model}-{version_name(version)}-{os.getpid()}.duckdb"
+    staging = store.tmp / f"{model}-{version_name(version)}-{os.getpid()}.duckdb"
     staging.unlink(missing_ok=True)
     meta = {
-        "model": cfg.model,
+        "model": model,
         "version": version,
         "run_id": result["run_id"],
         "snapshot_id": manifest.snapshot_id,
@@ -93,7 +96,7 @@ def _publish_version(cfg, store, run_dir, result, snapshot_dir, manifest, versio
     }
     try:
         entities = build_version_file(staging, cfg, run_dir, snapshot_dir, result, meta)
-        final = store.version_file(cfg.model, version)
+        final = store.version_file(model, version)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
     finally:
