@@ -11,6 +11,9 @@ from jobs.config import PipelineConfig
 from schemas.store import StoreLayout
 
 SMALL_SYNTHETIC = {"users": 200, "items": 80, "clusters": 4, "ratings_per_user": 20, "noise": 0.3, "seed": 7}
+#: A small event log: 4 segments, 16 page views, 8 scroll depths, 8 searches, 16 items (64 tokens).
+SMALL_EVENTS = {"users": 300, "segments": 4, "page_types": 4, "portals": 4, "search_categories": 8, "items": 16,
+                "sessions_per_user": 5, "events_per_session": 8, "seed": 11}
 
 
 def pipeline_config(base: Path, name: str = "demo", input_path: str | None = None, hnsw_min_rows: int = 100_000,
@@ -22,6 +25,25 @@ def pipeline_config(base: Path, name: str = "demo", input_path: str | None = Non
         "name": name,
         "index": {"input": source, "spark": {"master": "local[2]"}, **(index or {})},
         "train": {"dim": 8, "epochs": 3, "batch_size": 256, "lr": 0.02, "threads": 1, **(train or {})},
+        "publish": {"hnsw_min_rows": hnsw_min_rows},
+    }
+    return validate(PipelineConfig, data, "test", base_dir=base)
+
+
+def events_config(base: Path, input_path: str | None = None, name: str = "events", synthetic: dict | None = None,
+                  templates: dict | None = None, events: dict | None = None, train: list[dict] | None = None,
+                  hnsw_min_rows: int = 100_000) -> PipelineConfig:
+    """An events pipeline: the synthetic log's own templates by default, else a CSV at ``input_path``."""
+    from jobs.synthetic.events import BUCKETS, COLUMNS, TEMPLATES
+
+    source = {"path": input_path} if input_path else {"synthetic": synthetic or SMALL_EVENTS}
+    source["columns"] = COLUMNS
+    data = {
+        "name": name,
+        "index": {"kind": "events", "input": source, "spark": {"master": "local[2]"},
+                  "events": {"templates": templates or TEMPLATES, "buckets": BUCKETS, **(events or {})}},
+        "train": train or [{"model": "skipgram", "epochs": 2, "threads": 1},
+                           {"model": "gru", "epochs": 2, "threads": 1, "dim": 16, "hidden": 32}],
         "publish": {"hnsw_min_rows": hnsw_min_rows},
     }
     return validate(PipelineConfig, data, "test", base_dir=base)

@@ -21,11 +21,16 @@ def _text_schema(names: list[str]) -> StructType:
     return StructType([StructField(n, StringType()) for n in names] + [StructField(CORRUPT, StringType())])
 
 
-def read_raw(spark: SparkSession, probed: ProbedInput, columns: ColumnMap) -> DataFrame:
-    """One row per input record with canonical columns as trimmed text (empty -> NULL),
-    ``raw_record`` (the unparsable line, if any) and ``source_file``."""
+def ratings_columns(columns: ColumnMap) -> dict[str, str | None]:
+    """Canonical ratings column -> raw column (None: not in the input)."""
+    return {canon: getattr(columns, canon) for canon in CANONICAL_COLUMNS}
+
+
+def read_raw(spark: SparkSession, probed: ProbedInput, columns: dict[str, str | None]) -> DataFrame:
+    """One row per input record with the canonical ``columns`` (in order) as trimmed text
+    (empty -> NULL), ``raw_record`` (the unparsable line, if any) and ``source_file``."""
     paths = [str(p) for p in probed.files]
-    mapping = {canon: raw for canon, raw in columns.model_dump().items() if raw}
+    mapping = {canon: raw for canon, raw in columns.items() if raw}
     # PERMISSIVE + a corrupt-record column: malformed lines are kept for quarantine,
     # where DROPMALFORMED would lose them silently.
     permissive = (
@@ -50,7 +55,7 @@ def read_raw(spark: SparkSession, probed: ProbedInput, columns: ColumnMap) -> Da
         return F.nullif(F.trim(_quoted(mapping[canon]).cast("string")), F.lit("")).alias(canon)
 
     return frame.select(
-        *[text(c) for c in CANONICAL_COLUMNS],
+        *[text(c) for c in columns],
         F.col(CORRUPT).alias("raw_record"),
         F.col("_metadata.file_path").alias("source_file"),
     )
