@@ -51,7 +51,7 @@ def job_logs_to_prefect() -> Iterator[None]:
 _storage_task = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, cache_policy=NONE)
 
 
-@task(name="index", **_storage_task)
+@task(name="index", task_run_name="index-{cfg.name}", **_storage_task)
 def index_task(cfg: PipelineConfig, store: str) -> dict:
     with job_logs_to_prefect():
         return stages.index(cfg, StoreLayout(store))

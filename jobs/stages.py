@@ -17,8 +17,11 @@ def index(cfg: PipelineConfig, store: StoreLayout) -> dict:
     from jobs.index.job import run
 
     result = run(cfg.index, store)
-    return {"snapshot_id": result.snapshot_id, "reused": result.reused, "counts": result.manifest.counts.model_dump(),
-            "vocab": {k: v.model_dump() for k, v in result.manifest.vocab.items()}}
+    sessions = result.manifest.sessions
+    return {"snapshot_id": result.snapshot_id, "reused": result.reused, "kind": result.manifest.kind,
+            "counts": result.manifest.counts.model_dump(),
+            "vocab": {k: v.model_dump() for k, v in result.manifest.vocab.items()},
+            "sessions": sessions.model_dump() if sessions else None}
 
 
 def _snapshot(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None):

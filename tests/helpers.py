@@ -57,6 +57,19 @@ def build_store(cfg: PipelineConfig, store: Path) -> dict:
     return {"index": indexed, "train": trained, "publish": published}
 
 
+def build_models(cfg: PipelineConfig, store: Path) -> dict:
+    """Index once, then train and publish every model of ``cfg`` (the flow's work, without Prefect)."""
+    layout = StoreLayout(store)
+    indexed = stages.index(cfg, layout)
+    models = {}
+    for model in cfg.model_names():
+        trained = stages.train(cfg, layout, model=model, snapshot_id=indexed["snapshot_id"])
+        published = stages.publish(cfg, layout, model=model, run_id=trained["run_id"],
+                                   snapshot_id=indexed["snapshot_id"])
+        models[model] = {"train": trained, "publish": published}
+    return {"index": indexed, "models": models}
+
+
 def write_csv(path: Path, header: list[str] | None, rows: list[list[object]], delimiter: str = ",") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:

@@ -69,3 +69,60 @@ def test_flow_fails_with_the_reason_and_publishes_nothing(prefect_harness, tmp_p
     with pytest.raises(Exception, match="input not found: .*missing.csv"):
         state.result()
     assert not (tmp_path / "store" / "models").exists()
+
+
+EVENTS_CONFIG = """
+name = "clicks"
+[index]
+kind = "events"
+[index.input]
+columns = { user = "user_id", timestamp = "ts", type = "event" }
+[index.input.synthetic]
+users = 120
+segments = 3
+page_types = 3
+portals = 2
+search_categories = 3
+items = 6
+seed = 5
+[index.events]
+templates = { page_view = "{type}:{page_type}:{portal}", scroll = "{type}:{pixels}", "*" = "{type}" }
+buckets = { pixels = { log_start = 250, unit = "px" } }
+[index.spark]
+master = "local[2]"
+[[train]]
+model = "skipgram"
+epochs = 1
+threads = 1
+[[train]]
+model = "gru"
+epochs = 1
+dim = 8
+hidden = 8
+threads = 1
+"""
+
+
+def test_an_events_flow_trains_and_publishes_each_model_as_its_own_tasks(prefect_harness, spark, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from flows.pipeline import pipeline
+
+    config = tmp_path / "clicks.toml"
+    config.write_text(EVENTS_CONFIG)
+    state = pipeline(str(config), str(tmp_path / "store"), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["index"]["kind"] == "events"
+    assert {m: s["publish"]["version"] for m, s in summary["models"].items()} == {"clicks_skipgram": 1, "clicks_gru": 1}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        keys = ["clicks-counts", "clicks-skipgram-epochs", "clicks-gru-epochs", "clicks-gru-published"]
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert sorted(r.name for r in runs) == ["index-clicks", "publish-clicks_gru", "publish-clicks_skipgram",
+                                            "train-clicks_gru", "train-clicks_skipgram"]
+    assert {a.key for a in artifacts} == set(keys)
+    con = latentstore.connect(tmp_path / "store")
+    assert con.execute("SELECT count(DISTINCT model) FROM embeddings").fetchone()[0] == 2
+    con.close()

@@ -1,10 +1,13 @@
 """Build one immutable DuckDB version file: a table per entity plus ``meta``.
 
 Each entity table: ``key VARCHAR`` (the original id), ``vector FLOAT[dim]``,
-``bias FLOAT``, ``count BIGINT`` (ratings in the snapshot), ``idx INTEGER``
-(the dense index), a unique ART index on ``key`` and, at ``hnsw_min_rows``
-rows or more, an HNSW index (cosine) on ``vector``. The reserved unknown
-index 0 is not published.
+``bias FLOAT`` (NULL when the model has none for the table), ``count BIGINT``
+(the key's rows in the snapshot: ratings or events), ``idx INTEGER`` (the dense
+index), a unique ART index on ``key`` and, at ``hnsw_min_rows`` rows or more, an
+HNSW index (cosine) on ``vector``. A table's keys come from the vocabulary the
+training result names for it (``next_token`` uses the ``token`` keys). The
+reserved unknown index 0 is not published, nor a key the model has no vector
+for (e.g. a user whose recent events are all unknown tokens).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def build_version_file(
         for entity, info in sorted(result["entities"].items()):
             table = check_name(entity, "entity")
             dim = int(info["dim"])
+            vocab = check_name(info.get("vocab", entity), "vocabulary")
             con.execute(
                 f"""
                 CREATE TABLE "{table}" AS
@@ -45,7 +49,7 @@ def build_version_file(
                 ORDER BY v.index
                 """,
                 {
-                    "vocab": str(snapshot_dir / vocab_dir(entity) / "*.parquet"),
+                    "vocab": str(snapshot_dir / vocab_dir(vocab) / "*.parquet"),
                     "vectors": str(run_dir / "vectors" / f"{entity}.parquet"),
                     "unknown": UNKNOWN_INDEX,
                 },
@@ -60,7 +64,9 @@ def build_version_file(
                     f"WITH (metric = 'cosine', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
                 )
                 log.info("HNSW index on %s.%s: %d rows in %.1fs", meta["model"], table, rows, time.perf_counter() - started)
-            entities[entity] = {"table": table, "rows": rows, "dim": dim, "hnsw": hnsw}
+            entities[entity] = {"table": table, "rows": rows, "dim": dim, "hnsw": hnsw, "vocab": vocab,
+                                "space": info.get("space", "ratings"), "bias": info.get("bias", True)}
+        y_range = result["params"].get("y_range") or [None, None]  # mf only: the output range of its sigmoid
         con.execute(
             """
             CREATE TABLE meta AS SELECT
@@ -71,8 +77,8 @@ def build_version_file(
             """,
             {
                 **{k: meta[k] for k in ("model", "version", "run_id", "snapshot_id", "model_kind", "created_at")},
-                "y_low": result["params"]["y_range"][0],
-                "y_high": result["params"]["y_range"][1],
+                "y_low": y_range[0],
+                "y_high": y_range[1],
                 "entities": json.dumps(entities),
                 "params": json.dumps(result["config"]),
                 "metrics": json.dumps({k: v for k, v in result["metrics"].items() if k != "history"}),

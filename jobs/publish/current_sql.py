@@ -9,8 +9,10 @@ TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
 - ``versions``: every published version from the registry, with ``is_current``.
 - ``pointer_events``: every pointer change (publish, rollback).
 - ``vector_of(model, entity, key)``; ``most_similar(model, entity, key, k)``;
-  ``nearest(model, entity, vector, k)``; ``recommend(model, user_key, k)``:
-  exact search, any model.
+  ``nearest(model, entity, vector, k)``: exact search, any model;
+  ``recommend(model, user_key, k)``: an ``mf`` model's predicted ratings;
+  ``next_events(model, user_key, k)``: a ``gru`` model's next-event scores and
+  probabilities (softmax over the published tokens).
 - ``<model>_<entity>_nearest(vector, k)``: the HNSW fast path on the model's own
   table (vss only uses the index on a base table with a constant query vector).
 """
@@ -125,6 +127,15 @@ def render(store: StoreLayout, current: dict[str, dict]) -> str:
         "       (SELECT y_low, y_high FROM models WHERE model = model_name) m\n"
         "  WHERE i.model = model_name AND i.entity = 'item'\n"
         "  ORDER BY predicted_rating DESC, i.key LIMIT k;",
+        "CREATE OR REPLACE TEMP MACRO next_events(model_name, user_key, k := 10) AS TABLE\n"
+        "  WITH scored AS (\n"
+        "    SELECT t.key, list_dot_product(u.vector, t.vector) + t.bias AS score, t.count\n"
+        "    FROM embeddings t,\n"
+        "         (SELECT vector FROM embeddings WHERE model = model_name AND entity = 'user' AND key = user_key) u\n"
+        "    WHERE t.model = model_name AND t.entity = 'next_token'),\n"
+        "  shifted AS (SELECT key, score, count, exp(score - max(score) OVER ()) AS weight FROM scored)\n"
+        "  SELECT key, score, weight / sum(weight) OVER () AS probability, count\n"
+        "  FROM shifted ORDER BY score DESC, key LIMIT k;",
         *macros,
     ]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""Sequence models: one epoch each, resume, determinism, planted structure, the ranking metric."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs import stages
+from jobs.index.snapshots import read_manifest
+from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig
+from jobs.train.job import CHECKPOINT, run
+from jobs.train.ranking import ranks
+from jobs.train.sequences import Ragged
+from schemas.errors import ConfigError
+from schemas.store import StoreLayout
+from tests.helpers import SMALL_EVENTS, events_config
+
+pytestmark = pytest.mark.spark
+SMALL = {"skipgram": {"epochs": 2, "threads": 1, "device": "cpu"},
+         "gru": {"epochs": 2, "threads": 1, "device": "cpu", "dim": 16, "hidden": 32}}
+FAMILIES = {"skipgram": SkipgramConfig, "gru": GRUConfig}
+
+
+@pytest.fixture(scope="module")
+def events_snapshot(spark, tmp_path_factory):
+    base = tmp_path_factory.mktemp("sequences")
+    cfg = events_config(base)
+    layout = StoreLayout(base / "store")
+    indexed = stages.index(cfg, layout)
+    directory = layout.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
+    return directory, read_manifest(directory), base / "store"
+
+
+def _train(tmp_path, snapshot, family, name="s", **overrides):
+    cfg = FAMILIES[family](name="m", **{**SMALL[family], **overrides})
+    directory, manifest, _ = snapshot
+    return run(cfg, StoreLayout(tmp_path / name), directory, manifest, resume=True), cfg
+
+
+def _vectors(result) -> dict:
+    return {path.stem: pq.read_table(path).to_pydict() for path in sorted((result.path / "vectors").glob("*.parquet"))}
+
+
+@pytest.mark.parametrize("family", ["skipgram", "gru"])
+def test_one_epoch_trains_validates_and_writes_every_table(tmp_path, events_snapshot, family):
+    result, cfg = _train(tmp_path, events_snapshot, family, epochs=1)
+    manifest = events_snapshot[1]
+    metrics = result.result["metrics"]
+    assert metrics["epochs_run"] == 1 and len(metrics["history"]) == 1
+    assert 0 < metrics["valid_hr_at_10"] <= 1 and 0 < metrics["valid_ndcg_at_10"] <= metrics["valid_hr_at_10"]
+    assert metrics["valid_cases"] == manifest.counts.valid  # every held-out event, all users sampled
+    assert result.result["primary_metric"] == {"name": "valid_hr_at_10", "value": metrics["valid_hr_at_10"],
+                                               "direction": "maximize"}
+    vectors = _vectors(result)
+    expected = {"skipgram": {"token", "user"}, "gru": {"token", "user", "next_token"}}[family]
+    assert set(vectors) == expected
+    assert len(vectors["token"]["index"]) == manifest.vocab["token"].size
+    assert len(vectors["user"]["index"]) == manifest.sessions.users_indexed
+    assert len(vectors["token"]["vector"][0]) == cfg.dim
+    assert len(vectors["user"]["vector"][0]) == (cfg.dim if family == "skipgram" else cfg.hidden)
+    entities = result.result["entities"]
+    assert entities["user"]["space"] == ("token" if family == "skipgram" else "state")
+    if family == "gru":
+        assert entities["next_token"] == {"rows": manifest.vocab["token"].size, "dim": cfg.hidden, "vocab": "token",
+                                          "space": "state", "bias": True}
+        assert all(b is not None for b in vectors["next_token"]["bias"])
+    assert all(b is None for b in vectors["token"]["bias"])
+
+
+@pytest.mark.parametrize("family", ["skipgram", "gru"])
+def test_same_seed_same_bits_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, events_snapshot, family):
+    straight, cfg = _train(tmp_path, events_snapshot, family, "straight")
+    again, _ = _train(tmp_path, events_snapshot, family, "again")
+    assert _vectors(straight) == _vectors(again)
+    directory, manifest, _ = events_snapshot
+    store = StoreLayout(tmp_path / "killed")
+    partial = run(cfg, store, directory, manifest, stop_after_epochs=1)
+    assert partial.result == {"partial": True, "epochs_done": 1} and (partial.path / CHECKPOINT).is_file()
+    resumed = run(cfg, store, directory, manifest, resume=True)
+    assert resumed.run_id == straight.run_id and _vectors(resumed) == _vectors(straight)
+    assert [h["valid_hr_at_10"] for h in resumed.result["metrics"]["history"]] == \
+        [h["valid_hr_at_10"] for h in straight.result["metrics"]["history"]]
+    other, _ = _train(tmp_path, events_snapshot, family, "other", seed=7)
+    assert _vectors(other) != _vectors(straight)
+
+
+def test_a_ratings_model_on_an_events_snapshot_is_a_clear_error(tmp_path, events_snapshot):
+    directory, manifest, _ = events_snapshot
+    with pytest.raises(ConfigError, match="train.model = 'mf' needs a ratings snapshot"):
+        run(MFConfig(name="m"), StoreLayout(tmp_path / "x"), directory, manifest)
+
+
+def _neighbour_share(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    return float((labels[nearest] == labels[:, None]).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, overrides", [("skipgram", {"epochs": 5}), ("gru", {"epochs": 8, "dim": 64, "hidden": 128})])
+def test_vectors_recover_the_planted_groups_and_segments(tmp_path, events_snapshot, family, overrides):
+    """Tokens' nearest neighbours share their planted group; users' their segment; random vectors do not."""
+    result, _ = _train(tmp_path, events_snapshot, family, **overrides)
+    inputs = events_snapshot[2] / "inputs"
+    planted = pd.read_csv(next(inputs.glob("*.tokens.csv"))).set_index("token")["group"]
+    segments = pd.read_csv(next(inputs.glob("*.users.csv"))).set_index("user")["segment"]
+    snapshot = events_snapshot[0]
+    vectors = _vectors(result)
+    for table, truth in (("token", planted), ("user", segments)):
+        vocab = pq.read_table(snapshot / "vocab" / table).to_pandas().set_index("index")["key"]
+        rows = [i for i in vectors[table]["index"] if i != 0]
+        keep = np.isin(vectors[table]["index"], rows)
+        matrix = np.asarray(vectors[table]["vector"])[keep]
+        labels = truth.loc[vocab.loc[rows]].to_numpy()
+        share = _neighbour_share(matrix, labels)
+        random = _neighbour_share(np.random.default_rng(42).normal(size=matrix.shape), labels)
+        chance = 1 / SMALL_EVENTS["segments"]
+        assert share >= 0.85 and random < 2 * chance, (table, share, random)
+
+
+def test_ranks_break_ties_by_index_and_skip_unknown_and_seen_tokens():
+    scores = torch.tensor([[9.0, 1.0, 3.0, 3.0, 2.0],    # target 3 ties with 2 (smaller index): rank 1
+                           [0.0, 5.0, 4.0, 6.0, 1.0],    # target 2, beaten by 3 and 1 -> 2; seen {3} -> 1
+                           [0.0, 1.0, 1.0, 1.0, 1.0]])   # target 1, ties after nothing smaller -> 0
+    targets = torch.tensor([3, 2, 1])
+    assert ranks(scores, targets).tolist() == [1, 2, 0]  # token 0 (unknown) never counts, even at score 9
+    seen = Ragged(np.array([3, 3, 2, 1]), np.array([0, 1, 3, 4]))  # case 1 saw 3 and its own target 2
+    assert ranks(scores, targets, seen).tolist() == [1, 1, 0]  # case 0's target itself stays a candidate
+
+
+def test_ragged_take_last_and_padding():
+    seqs = Ragged(np.array([1, 2, 3, 4, 5, 6]), np.array([0, 3, 3, 6]))
+    taken = seqs.take(np.array([2, 0]))
+    assert taken.values.tolist() == [4, 5, 6, 1, 2, 3] and taken.offsets.tolist() == [0, 3, 6]
+    last = seqs.last(2)
+    assert last.values.tolist() == [2, 3, 5, 6] and last.lengths.tolist() == [2, 0, 2]
+    padded, lengths = seqs.padded()
+    assert padded.tolist() == [[1, 2, 3], [0, 0, 0], [4, 5, 6]] and lengths.tolist() == [3, 0, 3]
+    assert math.isclose(float(lengths.float().mean()), 2.0)
