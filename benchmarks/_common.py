@@ -83,3 +83,9 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def spark_env() -> None:
+    """Quiet local Spark on loopback, as the Makefile sets it."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("SPARK_CONF_DIR", str(ROOT / "infra" / "spark"))

@@ -98,9 +98,10 @@ def _print_summary(cfg, store: Path, summary: dict) -> None:
     console = Console()
     counts = summary["index"]["counts"]
     console.print(f"\n[bold]{cfg.name}[/] into {store.resolve()}")
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["quarantine_reasons"].items()))
     console.print(
-        f"  rows: read {counts['read']}, kept {counts['kept']}, quarantined {counts['quarantined']}, "
-        f"duplicates {counts['duplicates']}, superseded {counts['superseded']}"
+        f"  rows: read {counts['read']}, kept {counts['kept']}, quarantined {counts['quarantined']}"
+        f"{f' ({reasons})' if reasons else ''}, duplicates {counts['duplicates']}, superseded {counts['superseded']}"
     )
     for model, outcome in summary["models"].items():
         published, metric = outcome["publish"], outcome["train"]["primary_metric"]

@@ -57,6 +57,16 @@ def build_store(cfg: PipelineConfig, store: Path) -> dict:
     return {"index": indexed, "train": trained, "publish": published}
 
 
+def index_snapshot(cfg: PipelineConfig, store: Path):
+    """Index ``cfg`` into ``store``; return (snapshot directory, manifest)."""
+    from jobs.index.snapshots import read_manifest
+
+    layout = StoreLayout(store)
+    indexed = stages.index(cfg, layout)
+    directory = layout.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
+    return directory, read_manifest(directory)
+
+
 def build_models(cfg: PipelineConfig, store: Path) -> dict:
     """Index once, then train and publish every model of ``cfg`` (the flow's work, without Prefect)."""
     layout = StoreLayout(store)

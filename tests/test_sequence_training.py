@@ -5,20 +5,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs import stages
-from jobs.index.snapshots import read_manifest
+from jobs.synthetic.planted import knn_accuracy, neighbour_share, planted_labels
 from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig
 from jobs.train.job import CHECKPOINT, run
 from jobs.train.ranking import ranks
 from jobs.train.sequences import Ragged
 from schemas.errors import ConfigError
 from schemas.store import StoreLayout
-from tests.helpers import SMALL_EVENTS, events_config
+from tests.helpers import SMALL_EVENTS, events_config, index_snapshot
 
 pytestmark = pytest.mark.spark
 SMALL = {"skipgram": {"epochs": 2, "threads": 1, "device": "cpu"},
@@ -29,11 +27,7 @@ FAMILIES = {"skipgram": SkipgramConfig, "gru": GRUConfig}
 @pytest.fixture(scope="module")
 def events_snapshot(spark, tmp_path_factory):
     base = tmp_path_factory.mktemp("sequences")
-    cfg = events_config(base)
-    layout = StoreLayout(base / "store")
-    indexed = stages.index(cfg, layout)
-    directory = layout.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
-    return directory, read_manifest(directory), base / "store"
+    return (*index_snapshot(events_config(base), base / "store"), base / "store")
 
 
 def _train(tmp_path, snapshot, family, name="s", **overrides):
@@ -95,22 +89,13 @@ def test_a_ratings_model_on_an_events_snapshot_is_a_clear_error(tmp_path, events
         run(MFConfig(name="m"), StoreLayout(tmp_path / "x"), directory, manifest)
 
 
-def _neighbour_share(vectors: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    nearest = np.argsort(-similarity, axis=1)[:, :k]
-    return float((labels[nearest] == labels[:, None]).mean())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family, overrides", [("skipgram", {"epochs": 5}), ("gru", {"epochs": 8, "dim": 64, "hidden": 128})])
 def test_vectors_recover_the_planted_groups_and_segments(tmp_path, events_snapshot, family, overrides):
     """Tokens' nearest neighbours share their planted group; users' their segment; random vectors do not."""
     result, _ = _train(tmp_path, events_snapshot, family, **overrides)
-    inputs = events_snapshot[2] / "inputs"
-    planted = pd.read_csv(next(inputs.glob("*.tokens.csv"))).set_index("token")["group"]
-    segments = pd.read_csv(next(inputs.glob("*.users.csv"))).set_index("user")["segment"]
+    (events_file,) = (events_snapshot[2] / "inputs").glob("*.parquet")
+    planted, segments = planted_labels(events_file)
     snapshot = events_snapshot[0]
     vectors = _vectors(result)
     for table, truth in (("token", planted), ("user", segments)):
@@ -118,11 +103,23 @@ def test_vectors_recover_the_planted_groups_and_segments(tmp_path, events_snapsh
         rows = [i for i in vectors[table]["index"] if i != 0]
         keep = np.isin(vectors[table]["index"], rows)
         matrix = np.asarray(vectors[table]["vector"])[keep]
-        labels = truth.loc[vocab.loc[rows]].to_numpy()
-        share = _neighbour_share(matrix, labels)
-        random = _neighbour_share(np.random.default_rng(42).normal(size=matrix.shape), labels)
+        labels = np.array([truth[key] for key in vocab.loc[rows]])
+        share = neighbour_share(matrix, labels)
+        accuracy = knn_accuracy(matrix, labels)
+        random = neighbour_share(np.random.default_rng(42).normal(size=matrix.shape), labels)
         chance = 1 / SMALL_EVENTS["segments"]
-        assert share >= 0.85 and random < 2 * chance, (table, share, random)
+        assert share >= 0.85 and accuracy >= 0.85 and random < 2 * chance, (table, share, accuracy, random)
+
+
+def test_planted_measures_on_a_hand_made_example():
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    # nearest other row by cosine: 0->1, 1->0, 2->1, 3->4, 4->3, 5->2 (label 0: a miss)
+    assert neighbour_share(vectors, labels, k=1) == pytest.approx(5 / 6)
+    assert knn_accuracy(vectors, labels, k=1) == pytest.approx(5 / 6)
+    # Euclidean on 1-D counts: the popularity baseline's metric
+    assert neighbour_share(np.array([[1.0], [1.1], [5.0], [5.2]]), np.array([0, 1, 0, 1]), k=1,
+                           metric="euclidean") == 0.0
 
 
 def test_ranks_break_ties_by_index_and_skip_unknown_and_seen_tokens():

@@ -6,12 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs import stages
-from jobs.index.snapshots import read_manifest
 from jobs.train.config import MFConfig
 from jobs.train.job import CHECKPOINT, run
 from schemas.store import StoreLayout
-from tests.helpers import pipeline_config
+from tests.helpers import index_snapshot, pipeline_config
 
 pytestmark = pytest.mark.spark
 
@@ -19,11 +17,7 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def snapshot(spark, tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
-    cfg = pipeline_config(base)
-    layout = StoreLayout(base / "store")
-    indexed = stages.index(cfg, layout)
-    directory = layout.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
-    return directory, read_manifest(directory)
+    return index_snapshot(pipeline_config(base), base / "store")
 
 
 def _train(tmp_path, snapshot, name, **overrides):

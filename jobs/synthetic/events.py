@@ -39,11 +39,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from jobs.common.files import atomic_write_text
-from jobs.common.hashing import stable_hash
 from jobs.index.config import SyntheticEvents
+from jobs.synthetic import files
 from schemas.events import bucket_labels, log_edges
 
 #: The templates and buckets this generator's tokens are designed for (configs/synthetic-events.toml).
@@ -281,20 +279,10 @@ def generate(cfg: SyntheticEvents) -> tuple[pa.Table, pa.Table, pa.Table]:
 
 
 def materialise(cfg: SyntheticEvents, inputs_dir: Path) -> Path:
-    """Write the events (Parquet) and the planted labels (CSV) once; return the events path.
+    """Write the events (Parquet) and the planted labels (tokens.csv, users.csv) once; return the events path."""
 
-    The file name is a hash of the settings, so a rerun reuses the file and the
-    index stage sees the same fingerprint.
-    """
-    name = f"synthetic-events-{stable_hash(cfg.model_dump(mode='json'), 12)}"
-    target = inputs_dir / f"{name}.parquet"
-    if target.exists():
-        return target
-    events, tokens, users = generate(cfg)
-    inputs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(inputs_dir / f"{name}.tokens.csv", tokens.to_pandas().to_csv(index=False))
-    atomic_write_text(inputs_dir / f"{name}.users.csv", users.to_pandas().to_csv(index=False))
-    tmp = target.with_suffix(".parquet.tmp")
-    pq.write_table(events, tmp, row_group_size=1 << 20)
-    tmp.replace(target)
-    return target
+    def events_and_labels():
+        events, tokens, users = generate(cfg)
+        return events, {"tokens": tokens, "users": users}
+
+    return files.materialise("synthetic-events", cfg, inputs_dir, events_and_labels)

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from jobs.common.files import atomic_write_text
-from jobs.common.hashing import stable_hash
 from jobs.index.config import SyntheticRatings
+from jobs.synthetic import files
 
 OWN_CLUSTER_SHARE = 0.7
 MATCH_BONUS, MISMATCH_PENALTY = 1.2, -0.6
@@ -74,19 +72,10 @@ def generate(cfg: SyntheticRatings) -> tuple[pa.Table, pa.Table]:
 
 
 def materialise(cfg: SyntheticRatings, inputs_dir: Path) -> Path:
-    """Write the ratings (Parquet) and item labels (CSV) once; return the ratings path.
+    """Write the ratings (Parquet) and the item labels (items.csv) once; return the ratings path."""
 
-    The file name is a hash of the settings, so a rerun reuses the file and the
-    index stage sees the same fingerprint.
-    """
-    name = f"synthetic-ratings-{stable_hash(cfg.model_dump(mode='json'), 12)}"
-    target = inputs_dir / f"{name}.parquet"
-    if target.exists():
-        return target
-    ratings, labels = generate(cfg)
-    inputs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(inputs_dir / f"{name}.items.csv", labels.to_pandas().to_csv(index=False))
-    tmp = target.with_suffix(".parquet.tmp")
-    pq.write_table(ratings, tmp)
-    tmp.replace(target)
-    return target
+    def ratings_and_labels():
+        ratings, labels = generate(cfg)
+        return ratings, {"items": labels}
+
+    return files.materialise("synthetic-ratings", cfg, inputs_dir, ratings_and_labels)

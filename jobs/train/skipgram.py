@@ -135,7 +135,7 @@ class SkipgramLearner:
         done = (epoch - 1) * words_per_epoch
         total = cfg.epochs * words_per_epoch
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", words_per_epoch, "words")
-        loss_sum, pair_count = 0.0, 0
+        loss_sum, pair_count = torch.zeros((), device=self.device), 0
         for b, block in enumerate(self.sessions.blocks(cfg.seed, epoch)):
             for c, chunk in enumerate(_chunks(block, PAIR_CHUNK_TOKENS)):
                 generator = torch_generator(epoch_rng(cfg.seed, epoch, b, c))
@@ -155,30 +155,28 @@ class SkipgramLearner:
                 pair_count += inputs.numel()
                 done += words
                 progress.advance(words)
-        return {"train_loss": loss_sum / max(pair_count, 1), "lr": self._lr(min(done / total, 1.0)),
+        return {"train_loss": float(loss_sum) / max(pair_count, 1), "lr": self._lr(min(done / total, 1.0)),
                 "words_per_s": progress.rate}
 
-    def _step(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, lr: float) -> float:
-        """One SGD step on (input, target) pairs with their negatives; returns the summed loss."""
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, lr: float) -> torch.Tensor:
+        """One SGD step on (input, target) pairs with their negatives; returns the summed loss (a tensor,
+        so that no step waits on a conversion to Python)."""
         table_in, table_out = self.module.input.data, self.module.output.data
         vin = table_in[inputs]
         grad_in = torch.zeros_like(vin)
-        loss = 0.0
+        logits = []
         for column in range(negatives.shape[0] + 1):
             rows = targets if column == 0 else negatives[column - 1]
             vout = table_out[rows]
             logit = (vout * vin).sum(1, keepdim=True)
+            logits.append(logit)
             probability = torch.sigmoid(logit)
-            if column == 0:
-                loss -= float(torch.nn.functional.logsigmoid(logit).sum())
-                gradient = (1.0 - probability).mul_(lr)
-            else:
-                loss -= float(torch.nn.functional.logsigmoid(-logit).sum())
-                gradient = probability.neg_().mul_(lr)
+            gradient = (1.0 - probability).mul_(lr) if column == 0 else probability.neg_().mul_(lr)
             grad_in.addcmul_(gradient, vout)
             table_out.index_add_(0, rows, vin * gradient)
         table_in.index_add_(0, inputs, grad_in)
-        return loss
+        positive, negative = logits[0], torch.cat(logits[1:], 1)
+        return -(nn.functional.logsigmoid(positive).sum() + nn.functional.logsigmoid(-negative).sum())
 
     # -- validation and vectors --------------------------------------------------------------
     def _unit_vectors(self) -> torch.Tensor:
