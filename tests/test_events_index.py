@@ -215,3 +215,46 @@ def test_synthetic_log_recovers_the_planted_sessions_and_tokens(tmp_path, spark)
 def _session_lengths(result) -> list[int]:
     sessions = read_parquet_dir(result.path / SESSIONS_DIR)
     return sessions.groupby(["user", "session"]).length.sum().tolist()
+
+
+def test_json_lines_events_with_numbers_and_a_rebuild_that_keeps_token_indices(tmp_path):
+    import json
+
+    def write(rows):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / "events.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+
+    def index(parent="latest"):
+        cfg = events_config(tmp_path, str(tmp_path / "in" / "events.jsonl"), templates=EVENT_TEMPLATES,
+                            events={"buckets": EVENT_BUCKETS})
+        cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"parent": parent})})
+        return run(cfg.index, StoreLayout(tmp_path / "store"))
+
+    write([{"user_id": "a", "ts": 1000, "event": "scroll", "pixels": 1500},  # JSON numbers are read as text
+           {"user_id": "a", "ts": 2000, "event": "purchase", "item": "x"},
+           {"user_id": "b", "ts": 3000, "event": "purchase", "item": "x"}])
+    first = index()
+    assert first.manifest.input_format == "jsonl"
+    assert first.manifest.counts.quarantine_reasons == {Reason.MALFORMED_LINE: 1}
+    assert set(_tokens_by_index(first).values()) == {"scroll:1000-2000px", "buy-x"}
+    before = {t: i for i, t in _tokens_by_index(first).items()}
+    write([{"user_id": "c", "ts": 10, "event": "purchase", "item": "y"},
+           {"user_id": "c", "ts": 20, "event": "purchase", "item": "y"},
+           {"user_id": "c", "ts": 30, "event": "scroll", "pixels": 90}])
+    second = index()
+    after = {t: i for i, t in _tokens_by_index(second).items()}
+    assert second.manifest.parent == first.snapshot_id
+    # existing tokens keep their index (even absent now); new ones are appended by count, then text
+    assert after == {**before, "buy-y": 3, "scroll:0-250px": 4}
+
+
+def test_a_dataset_of_ratings_cannot_become_a_dataset_of_events(tmp_path):
+    from schemas.errors import ConfigError
+    from tests.helpers import pipeline_config
+
+    ratings = write_csv(tmp_path / "r.csv", ["user", "item", "rating", "timestamp"], [["a", "x", 4, 1]])
+    run(pipeline_config(tmp_path, name="shared", input_path=str(ratings)).index, StoreLayout(tmp_path / "store"))
+    events = write_csv(tmp_path / "e.csv", EVENT_HEADER, [["a", "2024-01-01T00:00:00Z", "purchase", "", "", "", "x"]])
+    cfg = events_config(tmp_path, str(events), name="shared", templates=EVENT_TEMPLATES, events={"buckets": EVENT_BUCKETS})
+    with pytest.raises(ConfigError, match="dataset 'shared' in .* holds ratings snapshots, this config indexes events"):
+        run(cfg.index, StoreLayout(tmp_path / "store"))

@@ -13,7 +13,8 @@ from jobs.synthetic.planted import knn_accuracy, neighbour_share, planted_labels
 from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig
 from jobs.train.job import CHECKPOINT, run
 from jobs.train.ranking import ranks
-from jobs.train.sequences import Ragged
+from jobs.train.sequences import Ragged, Sessions
+from schemas.snapshot import SESSIONS_DIR
 from schemas.errors import ConfigError
 from schemas.store import StoreLayout
 from tests.helpers import SMALL_EVENTS, events_config, index_snapshot
@@ -40,9 +41,14 @@ def _vectors(result) -> dict:
     return {path.stem: pq.read_table(path).to_pydict() for path in sorted((result.path / "vectors").glob("*.parquet"))}
 
 
+devices = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", devices)
 @pytest.mark.parametrize("family", ["skipgram", "gru"])
-def test_one_epoch_trains_validates_and_writes_every_table(tmp_path, events_snapshot, family):
-    result, cfg = _train(tmp_path, events_snapshot, family, epochs=1)
+def test_one_epoch_trains_validates_and_writes_every_table(tmp_path, events_snapshot, family, device):
+    result, cfg = _train(tmp_path, events_snapshot, family, epochs=1, device=device)
+    assert result.result["runtime"]["device"].startswith(device)
     manifest = events_snapshot[1]
     metrics = result.result["metrics"]
     assert metrics["epochs_run"] == 1 and len(metrics["history"]) == 1
@@ -81,6 +87,27 @@ def test_same_seed_same_bits_and_a_resumed_run_equals_an_uninterrupted_one(tmp_p
         [h["valid_hr_at_10"] for h in straight.result["metrics"]["history"]]
     other, _ = _train(tmp_path, events_snapshot, family, "other", seed=7)
     assert _vectors(other) != _vectors(straight)
+
+
+@pytest.mark.parametrize("family", ["skipgram", "gru"])
+def test_sessions_larger_than_the_buffer_stream_in_blocks(tmp_path, events_snapshot, family):
+    """A buffer smaller than the data: blocks cover every session once, the same way on every run."""
+    directory, manifest, _ = events_snapshot
+    whole = Sessions(directory / SESSIONS_DIR, buffer_sessions=10**9)
+    streamed = Sessions(directory / SESSIONS_DIR, buffer_sessions=100)
+    blocks = list(streamed.blocks(seed=3, epoch=1))
+    assert len(blocks) >= whole.sessions // 100 and all(len(b) < 200 for b in blocks)
+    assert sorted(map(tuple, _sessions_of(blocks))) == sorted(map(tuple, _sessions_of(list(whole.blocks(3, 1)))))
+    assert _sessions_of(blocks) == _sessions_of(list(streamed.blocks(seed=3, epoch=1)))
+    assert _sessions_of(blocks) != _sessions_of(list(streamed.blocks(seed=3, epoch=2)))
+    assert streamed.token_counts(manifest.vocab["token"].size).sum() == whole.tokens
+    small, _ = _train(tmp_path, events_snapshot, family, "small", shuffle_buffer_sessions=100)
+    again, _ = _train(tmp_path, events_snapshot, family, "again", shuffle_buffer_sessions=100)
+    assert _vectors(small) == _vectors(again) and small.result["metrics"]["valid_hr_at_10"] > 0
+
+
+def _sessions_of(blocks) -> list[list[int]]:
+    return [b.values[x:y].tolist() for b in blocks for x, y in zip(b.offsets[:-1], b.offsets[1:])]
 
 
 def test_a_ratings_model_on_an_events_snapshot_is_a_clear_error(tmp_path, events_snapshot):

@@ -19,6 +19,7 @@ from jobs.common.version import code_version
 from jobs.index.config import IndexConfig
 from jobs.index.probe import ProbedInput, probe
 from jobs.index.snapshots import find_by_content, read_manifest, resolve_parent, set_latest
+from schemas.errors import ConfigError
 from schemas.snapshot import MANIFEST, SCHEMA_VERSION, InputFile, Manifest
 from schemas.store import StoreLayout
 
@@ -82,6 +83,9 @@ def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
         return IndexResult(existing.snapshot_id, store.snapshot_dir(cfg.dataset, existing.snapshot_id), existing, True)
 
     parent = resolve_parent(store, cfg.dataset, cfg.parent)
+    if parent is not None and parent.kind != cfg.kind:
+        raise ConfigError(f"dataset {cfg.dataset!r} in {store.root} holds {parent.kind} snapshots, this config indexes "
+                          f"{cfg.kind}: give it another name (or index.parent = \"none\" for new vocabularies)")
     snapshot_id = stable_hash({"content": key, "parent": parent.snapshot_id if parent else None}, 16)
     final = store.snapshot_dir(cfg.dataset, snapshot_id)
     if final.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from schemas.ratings import ITEM, RATING, TIMESTAMP, USER
 _GROUPLENS_COLUMNS = [USER, ITEM, RATING, TIMESTAMP]
 _SEPARATORS = {"csv": ",", "tsv": "\t", "movielens-udata": "\t", "movielens-dat": "::"}
 _TEXT_FORMATS = frozenset(_SEPARATORS)
+_JSON_SAMPLE_LINES = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _text_columns(path: Path, sep: str, header: bool, fmt: str) -> list[str]:
     return next(csv.reader([line], delimiter=sep)) if len(sep) == 1 else line.split(sep)
 
 
-def _json_keys(path: Path, max_lines: int = 1000) -> list[str]:
+def _json_keys(path: Path, max_lines: int = _JSON_SAMPLE_LINES) -> list[str]:
     """Union of the keys of the first JSON objects (lines may omit optional keys)."""
     keys: dict[str, None] = {}
     with path.open("r", encoding="utf-8", errors="replace") as fh:
@@ -155,6 +158,12 @@ def probe(cfg: IndexConfig) -> ProbedInput:
     if not _has_rows(files, fmt, header):
         raise InputError(f"input has no rows: {source.path}")
     for where, raw in cfg.raw_columns():
-        if raw not in columns:
-            raise InputError(f"column {raw!r} ({where}) not found in {files[0]}; its columns are: {', '.join(columns)}")
+        if raw in columns:
+            continue
+        message = f"column {raw!r} ({where}) not found in {files[0]}; its columns are: {', '.join(columns)}"
+        if fmt == "jsonl" and where.startswith("index.events.templates"):
+            # JSON objects omit absent fields: rows of that type without it are quarantined (missing_field)
+            log.warning("%s (in the first %d lines)", message, _JSON_SAMPLE_LINES)
+            continue
+        raise InputError(message)
     return ProbedInput(files=files, format=fmt, columns=columns, separator=sep, header=header)

@@ -112,7 +112,9 @@ class Sessions:
             return
         pending, size = [], 0
         for index in rng.permutation(len(self.files)):
-            for batch in pq.ParquetFile(self.files[index]).iter_batches(batch_size=_READ_ROWS, columns=["tokens"]):
+            batches = pq.ParquetFile(self.files[index]).iter_batches(batch_size=min(_READ_ROWS, self.buffer),
+                                                                     columns=["tokens"])
+            for batch in batches:
                 pending.append(Ragged.from_arrow(batch.column(0)))
                 size += batch.num_rows
                 if size >= self.buffer:
