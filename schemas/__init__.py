@@ -4,6 +4,6 @@ Nothing here imports Spark, torch, DuckDB or Prefect: the contracts are plain
 Python so that any stage (and any test) can import them cheaply.
 """
 
-from schemas.errors import ConfigError, InputError, LatentstoreError, StoreError, StoreLockedError
+from schemas.errors import ConfigError, InputError, LatentstoreError, StoreError, StoreLockedError, TrainingDiverged
 
-__all__ = ["ConfigError", "InputError", "LatentstoreError", "StoreError", "StoreLockedError"]
+__all__ = ["ConfigError", "InputError", "LatentstoreError", "StoreError", "StoreLockedError", "TrainingDiverged"]

@@ -19,3 +19,7 @@ class StoreError(LatentstoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the store's writer lock."""
+
+
+class TrainingDiverged(LatentstoreError):
+    """The training loss became NaN or infinite: the learning rate is too high for the data."""

@@ -18,8 +18,8 @@ number and enters the token as its bucket's label:
 
 - edges ``e0 < e1 < ... < en``: ``"<e0"`` below ``e0``, ``"ei-ej"`` for ``ei <= v < ej``,
   ``"en+"`` from ``en`` on; then the unit, e.g. ``scroll:1000-2000px``;
-- log scale (start ``s``, base ``b``): the edges ``0, s, s*b, s*b^2, ...`` (64 of
-  them); a negative value is quarantined.
+- log scale (start ``s``, base ``b``): the edges ``0, s, s*b, ..., s*b^63`` (fewer
+  when they would pass 1e300); a negative value is quarantined.
 
 Numbers print as integers when whole (``1000``), else in Python's shortest form (``0.5``).
 
@@ -48,8 +48,9 @@ TIMESTAMP = "timestamp"
 TYPE = "type"
 #: The template key that applies to every event type without its own template.
 ANY_TYPE = "*"
-#: Number of edges a log-scale bucketing generates.
+#: Log-scale edges after 0: s * b^k for k < LOG_EDGES, as long as they stay below LOG_EDGE_CAP.
 LOG_EDGES = 64
+LOG_EDGE_CAP = 1e300
 
 
 class Reason(StrEnum):
@@ -113,7 +114,13 @@ def format_number(value: float) -> str:
 
 
 def log_edges(start: float, base: float) -> list[float]:
-    return [0.0] + [start * base**k for k in range(LOG_EDGES)]
+    edges, edge = [0.0], float(start)
+    for _ in range(LOG_EDGES):
+        if edge > LOG_EDGE_CAP:
+            break
+        edges.append(edge)
+        edge *= base
+    return edges
 
 
 def bucket_labels(edges: list[float], unit: str) -> list[str]:

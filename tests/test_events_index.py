@@ -43,6 +43,15 @@ def test_spark_bucketing_agrees_with_the_reference(spark, edges, values):
     assert got == [bucket_label(v, bucket.bucket_edges(), "u") for v in values]
 
 
+def test_bucket_and_session_settings_are_checked():
+    for edges in ([0, float("nan"), 10], [0, float("inf")], [5, 5], []):
+        with pytest.raises(ValueError):
+            BucketConfig(edges=edges)
+    assert BucketConfig(log_start=1, log_base=1e5).bucket_edges()[-1] <= 1e300  # no overflow, fewer edges
+    with pytest.raises(ValueError, match="history_length .* must exceed holdout"):
+        EventsConfig(templates={"*": "{type}"}, holdout=3, history_length=3)
+
+
 @pytest.mark.parametrize("template", ["{x:>3}", "{x!r}", "{}", "{0}"])
 def test_templates_take_plain_fields_only(template):
     with pytest.raises(ValueError, match="plain"):
@@ -78,6 +87,8 @@ def test_rows_become_tokens_and_each_bad_row_is_quarantined_with_its_reason(tmp_
         ["", "2024-01-01T00:00:00Z", "page_view", "home", "de", "", ""],  # missing_user
         ["c", "", "page_view", "home", "de", "", ""],  # missing_timestamp
         ["c", "soon", "page_view", "home", "de", "", ""],  # unparsable_timestamp
+        ["c", "1e20", "page_view", "home", "de", "", ""],  # unparsable_timestamp (beyond year 10000)
+        ["c", "-Infinity", "page_view", "home", "de", "", ""],  # unparsable_timestamp
         ["c", "2024-01-01T00:00:00Z", "", "home", "de", "", ""],  # missing_type
         ["c", "2024-01-01T00:00:00Z", "heartbeat", "", "", "", ""],  # unknown_type
         ["c", "2024-01-01T00:00:00Z", "page_view", "home", "", "", ""],  # missing_field portal
@@ -87,14 +98,16 @@ def test_rows_become_tokens_and_each_bad_row_is_quarantined_with_its_reason(tmp_
     ]
     result = _index_events(tmp_path, rows)
     counts = result.manifest.counts
-    assert (counts.read, counts.kept, counts.duplicates, counts.superseded) == (14, 4, 1, 0)
+    assert (counts.read, counts.kept, counts.duplicates, counts.superseded) == (16, 4, 1, 0)
     assert counts.quarantine_reasons == {
         Reason.MALFORMED_LINE: 1, Reason.MISSING_USER: 1, Reason.MISSING_TIMESTAMP: 1,
-        Reason.UNPARSABLE_TIMESTAMP: 1, Reason.MISSING_TYPE: 1, Reason.UNKNOWN_TYPE: 1, Reason.MISSING_FIELD: 1,
+        Reason.UNPARSABLE_TIMESTAMP: 3, Reason.MISSING_TYPE: 1, Reason.UNKNOWN_TYPE: 1, Reason.MISSING_FIELD: 1,
         Reason.NON_NUMERIC_FIELD: 1, Reason.NEGATIVE_FIELD: 1,
     }
     assert counts.balanced()
-    quarantine = read_parquet_dir(result.path / "quarantine").set_index("reason")
+    quarantine = read_parquet_dir(result.path / "quarantine")
+    assert set(quarantine.loc[quarantine.reason == "unparsable_timestamp", "detail"]) == {"soon", "1e20", "-Infinity"}
+    quarantine = quarantine.drop_duplicates("reason").set_index("reason")
     assert quarantine.loc["missing_field", "detail"] == "portal"
     assert quarantine.loc["non_numeric_field", "detail"] == "pixels"
     assert quarantine.loc["unknown_type", "detail"] == "heartbeat"

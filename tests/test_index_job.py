@@ -30,6 +30,7 @@ MESSY_ROWS = [
     ["", "12", "4", "5"],  # missing_user
     ["4", "12", "9", "5"],  # rating_out_of_range
     ["5", "12", "4", "notatime"],  # unparsable_timestamp
+    ["5", "13", "4", "1e300"],  # unparsable_timestamp: beyond year 10000
     ["6", "13", "4"],  # malformed_line (too few fields)
     ["7", "13", "4", "5", "extra"],  # malformed_line (too many fields)
     ["8", "13", "", "5"],  # missing_rating
@@ -47,12 +48,12 @@ def test_each_quarantine_reason_and_the_count_identity(tmp_path):
     path = write_csv(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], MESSY_ROWS)
     result = _index(tmp_path, path)
     counts = result.manifest.counts
-    assert counts.read == 15
+    assert counts.read == 16
     assert (counts.kept, counts.duplicates, counts.superseded) == (3, 1, 2)
     assert counts.quarantine_reasons == {
         Reason.MALFORMED_LINE: 2, Reason.MISSING_ITEM: 1, Reason.MISSING_RATING: 1, Reason.MISSING_TIMESTAMP: 1,
         Reason.MISSING_USER: 1, Reason.NON_NUMERIC_RATING: 1, Reason.RATING_OUT_OF_RANGE: 1,
-        Reason.UNPARSABLE_TIMESTAMP: 1,
+        Reason.UNPARSABLE_TIMESTAMP: 2,
     }
     assert counts.read == counts.kept + counts.quarantined + counts.duplicates + counts.superseded
     assert counts.balanced()

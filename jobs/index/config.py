@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -185,8 +186,11 @@ class BucketConfig(StrictModel):
     def _one_scale(self) -> "BucketConfig":
         if (self.edges is None) == (self.log_start is None):
             raise ValueError("set exactly one of edges or log_start")
-        if self.edges is not None and (not self.edges or any(a >= b for a, b in zip(self.edges, self.edges[1:]))):
-            raise ValueError("edges must be a non-empty, strictly ascending list")
+        if self.edges is not None:
+            if not self.edges or not all(math.isfinite(e) for e in self.edges):
+                raise ValueError("edges must be a non-empty list of finite numbers")
+            if any(a >= b for a, b in zip(self.edges, self.edges[1:])):
+                raise ValueError("edges must be strictly ascending")
         return self
 
     @property
@@ -215,6 +219,13 @@ class EventsConfig(StrictModel):
     """Per user, the last events kept for validation queries and user vectors."""
     drop_duplicates: bool = True
     """Drop exact duplicate events (same user, time, type and fields); they are counted."""
+
+    @model_validator(mode="after")
+    def _history_covers_the_holdout(self) -> "EventsConfig":
+        if self.history_length <= self.holdout:
+            raise ValueError(f"history_length ({self.history_length}) must exceed holdout ({self.holdout}): "
+                             "a held-out event needs events before it to be predicted from")
+        return self
 
     @field_validator("templates")
     @classmethod

@@ -12,6 +12,8 @@ from pyspark.sql import functions as F
 
 from schemas.ratings import CANONICAL_COLUMNS, Reason
 
+#: Timestamps must lie within +-(year 10000) seconds of the epoch.
+MAX_ABS_SECONDS = 253_402_300_800
 #: Raw text kept for quarantined rows only (NULL on valid rows keeps the cached data narrow).
 RAW_COLUMNS = (*CANONICAL_COLUMNS, "raw_record", "source_file")
 
@@ -21,11 +23,13 @@ def parsed_rating() -> Column:
 
 
 def parsed_timestamp(unit: str) -> Column:
-    """Unix seconds from a number (seconds or milliseconds) or an ISO-8601 string."""
+    """Unix seconds from a number (seconds or milliseconds) or an ISO-8601 string; NULL if unparsable
+    (a number beyond year 10000 or infinite: Spark's floor would saturate it to the largest long)."""
     raw = F.col("timestamp")
     number = raw.try_cast("double")
-    seconds = F.floor(number / 1000) if unit == "ms" else F.floor(number)
-    from_number = F.when(~F.isnan(number), seconds.try_cast("long"))
+    seconds = number / 1000 if unit == "ms" else number
+    in_range = ~F.isnan(number) & (F.abs(seconds) < F.lit(MAX_ABS_SECONDS))
+    from_number = F.when(in_range, F.floor(seconds).cast("long"))
     from_text = F.unix_seconds(F.try_to_timestamp(raw))
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 

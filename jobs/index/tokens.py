@@ -14,6 +14,8 @@ from pyspark.sql import functions as F
 from jobs.index.config import BucketConfig, EventsConfig
 from schemas.events import ANY_TYPE, TYPE, Reason, bucket_labels, template_parts
 
+#: Timestamps must lie within +-(year 10000): 253,402,300,800 s after the epoch.
+MAX_ABS_MILLIS = 253_402_300_800_000
 #: Raw text kept for quarantined rows (NULL on valid rows keeps the data narrow).
 RAW_EVENT_COLUMNS = ("user", "timestamp", "type", "raw_record", "source_file")
 
@@ -31,11 +33,14 @@ def event_columns(user: str, timestamp: str, type_column: str | None, events: Ev
 
 
 def parsed_time_ms(unit: str) -> Column:
-    """Unix milliseconds from a number (seconds or milliseconds) or an ISO-8601 string."""
+    """Unix milliseconds from a number (seconds or milliseconds) or an ISO-8601 string; NULL if unparsable.
+
+    A number beyond year 10000 (or infinite) is unparsable: Spark's floor would saturate it to the
+    largest long, a time that sorts last and overflows the gap arithmetic."""
     raw = F.col("timestamp")
     number = raw.try_cast("double")
     millis = number * 1000 if unit == "s" else number
-    from_number = F.when(~F.isnan(number), F.floor(millis).try_cast("long"))
+    from_number = F.when(~F.isnan(number) & (F.abs(millis) < F.lit(MAX_ABS_MILLIS)), F.floor(millis).cast("long"))
     from_text = F.unix_millis(F.try_to_timestamp(raw))
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 

@@ -21,9 +21,9 @@ Sessions per user are 1 + Poisson, events per session geometric; events in a
 session are 0-20 minutes apart (some in the same millisecond as the previous,
 different, token, to exercise the tie-break), sessions at least 31 minutes apart,
 over 28 days. A share ``dirty``
-of rows carry one defect each (missing user, unparsable time, unknown type,
-missing portal, negative scroll depth, exact duplicate), which the index stage
-must quarantine or count.
+of rows carry one defect each among those that apply to the row (missing user,
+unparsable time, unknown type, a page view without portal, a negative scroll
+depth, an exact copy), which the index stage must quarantine or count.
 
 Output: Parquet with ``user_id, ts`` (ISO-8601 text), ``event, page_type, portal,
 pixels, category, item``; beside it ``<name>.tokens.csv`` (token, group, kind) and
@@ -243,22 +243,27 @@ def generate(cfg: SyntheticEvents) -> tuple[pa.Table, pa.Table, pa.Table]:
     columns, space, segment = generate_columns(cfg)
     rng = np.random.default_rng([cfg.seed, 1])
     token, user, ms = columns["token"], columns["user"], columns["ms"]
-    # defects: 0 no user, 1 unparsable time, 2 unknown type, 3 no portal, 4 negative depth, 5 an exact copy
+    kind = space.kind[token]
+    lows, highs = np.array(DEPTH_EDGES[:-1]), np.array(DEPTH_EDGES[1:])
+    depth = space.b[token]
+    pixels = lows[depth] + (rng.random(token.size) * (highs[depth] - lows[depth])).astype(np.int64)  # in the bucket
+    # one defect per dirty row, among those that apply to its kind: 0 no user, 1 unparsable time,
+    # 2 unknown type, 3 no portal (page views), 4 negative depth (scrolls), 5 an exact copy
     defect = np.where(rng.random(token.size) < cfg.dirty, rng.integers(0, 6, token.size), -1)
+    inapplicable = ((defect == 3) & (kind != 0)) | ((defect == 4) & (kind != 1))
+    defect[inapplicable] = rng.integers(0, 3, int(inapplicable.sum()))
     copied = np.flatnonzero(defect == 5)
     index = np.concatenate([np.arange(token.size), copied])
     flaw = np.concatenate([np.where(defect == 5, -1, defect), np.full(copied.size, -1)])
     order = np.argsort(ms[index], kind="stable")  # a log in time order
     index, flaw = index[order], flaw[order]
-    token, user, ms = token[index], user[index], ms[index]
+    token, user, ms, pixels = token[index], user[index], ms[index], pixels[index]
     kind, a, b = space.kind[token], space.a[token], space.b[token]
 
     width = len(str(cfg.users - 1))
     user_names = [f"u{i:0{width}d}" for i in range(cfg.users)]
     times = pc.if_else(pa.array(flaw == 1), pa.scalar("yesterday"), _iso_times(ms))
     kinds = list(KINDS) + ["heartbeat"]
-    lows, highs = np.array(DEPTH_EDGES[:-1]), np.array(DEPTH_EDGES[1:])
-    pixels = lows[b] + (rng.random(token.size) * (highs[b] - lows[b])).astype(np.int64)  # uniform in the bucket
     pixels[flaw == 4] = -1
     pages = [_name(PAGE_TYPES, i, "page") for i in range(cfg.page_types)]
     portals = [_name(PORTALS, i, "portal") for i in range(cfg.portals)]

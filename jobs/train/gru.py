@@ -9,7 +9,7 @@ learning rate, dropout, and early stopping on validation HR@10 (the best epoch's
 weights are kept). Sessions of similar length are batched together, so little
 is padding.
 
-Published: ``token`` (the input embeddings), ``user`` (the final state over the
+Published (tokens seen in training only): ``token`` (the input embeddings), ``user`` (the final state over the
 user's last ``user_events`` events: a vector in the GRU's state space, of size
 ``hidden``, not comparable with token vectors) and ``next_token`` (the output
 layer: a token's score as the user's next event is user . vector + bias, the
@@ -104,11 +104,11 @@ class GRULearner:
         self.sampled = cfg.loss == "sampled" or (cfg.loss == "auto" and n_tokens > FULL_SOFTMAX_MAX_TOKENS)
         counts = sessions.token_counts(n_tokens).astype(np.float64)
         counts[UNKNOWN_INDEX] = 0
+        self.trained = np.flatnonzero(counts > 0).astype(np.int32)  # the others keep their random initial vectors
         self.noise = torch.from_numpy((counts ** 0.75 / max((counts ** 0.75).sum(), 1e-12))).float().to(device)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.precision = Precision(device)
-        self.steps_per_epoch = max(1, math.ceil(sessions.sequences / cfg.batch_size))
-        self.steps_done = 0
+        self.sequences_done = 0  # drives the learning-rate schedule (exact however the data is blocked)
         self.cases = histories.cases(cfg.eval_users, cfg.seed)
 
     def _loss(self, states: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -132,7 +132,7 @@ class GRULearner:
         rng = epoch_rng(cfg.seed, epoch, 1)
         torch.manual_seed(int(rng.integers(0, 2**62)))  # dropout masks: the same on a resumed run
         generator = torch_generator(rng)
-        total_steps = cfg.epochs * self.steps_per_epoch
+        total = max(cfg.epochs * self.sessions.sequences, 1)
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", self.sessions.tokens, "events")
         loss_sum, predicted = 0.0, 0
         for block in self.sessions.blocks(cfg.seed, epoch):
@@ -143,16 +143,19 @@ class GRULearner:
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
                 valid = (torch.arange(targets.shape[1], device=self.device)[None, :] < (lengths.to(self.device) - 1)[:, None])
                 valid &= targets != UNKNOWN_INDEX
+                lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
+                self.sequences_done += len(rows)
+                progress.advance(int(lengths.sum()))
+                if not bool(valid.any()):
+                    continue  # nothing to predict (only unknown tokens): no step
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.lr * _schedule(min(self.steps_done / total_steps, 1.0))
+                    group["lr"] = lr
                 with self.precision.autocast():
                     states = self.module.states(inputs)[valid]
                     loss = self._loss(states, targets[valid], generator)
                 self.precision.step(loss, self.optimizer)
-                self.steps_done += 1
                 loss_sum += float(loss.detach()) * int(valid.sum())
                 predicted += int(valid.sum())
-                progress.advance(int(lengths.sum()))
         return {"train_loss": loss_sum / max(predicted, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "events_per_s": progress.rate}
 
@@ -171,7 +174,7 @@ class GRULearner:
         def score(contexts: Ragged) -> torch.Tensor:
             states, found = self._final_states(contexts)
             scores = self.module.scores(states).float()
-            scores[~found.to(scores.device)] = 0.0  # no history: every token ties
+            scores[~found.to(scores.device)] = math.nan  # no event before it: no prediction (a miss)
             return scores
 
         metrics = ranking.evaluate(self.cases, score, self.module.output.weight.shape[0], self.cfg.exclude_seen)
@@ -185,27 +188,26 @@ class GRULearner:
             batch_states, found = self._final_states(recent)
             users.append(batch_users[found.numpy()])
             states.append(batch_states[found.to(batch_states.device)].cpu().numpy())
-        n_tokens = self.module.embedding.weight.shape[0]
-        index = np.arange(n_tokens, dtype=np.int32)
+        index = self.trained
         return {
-            "token": EntityVectors("token", index, self.module.embedding.weight.detach().float().cpu().numpy(),
+            "token": EntityVectors("token", index, self.module.embedding.weight.detach().float().cpu().numpy()[index],
                                    None, "token"),
             "user": EntityVectors("user", np.concatenate(users).astype(np.int32) if users else np.empty(0, np.int32),
                                   np.concatenate(states) if states else np.empty((0, self.cfg.hidden), np.float32),
                                   None, "state"),
-            "next_token": EntityVectors("token", index, self.module.output.weight.detach().float().cpu().numpy(),
-                                        self.module.output_bias.weight.detach().float().squeeze(1).cpu().numpy(),
+            "next_token": EntityVectors("token", index, self.module.output.weight.detach().float().cpu().numpy()[index],
+                                        self.module.output_bias.weight.detach().float().squeeze(1).cpu().numpy()[index],
                                         "state"),
         }
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "precision": self.precision.state_dict(),
-                "steps_done": self.steps_done}
+                "sequences_done": self.sequences_done}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state["precision"])
-        self.steps_done = state["steps_done"]
+        self.sequences_done = state["sequences_done"]
 
 
 def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:

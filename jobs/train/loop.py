@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from schemas.errors import TrainingDiverged
+
 log = logging.getLogger(__name__)
 
 
@@ -153,6 +155,7 @@ class EpochLoop:
             epoch = self.state.epochs_done + 1
             tick = time.perf_counter()
             train_metrics = self.learner.train_epoch(epoch)
+            _check_finite(epoch, train_metrics)
             valid_metrics = self.learner.evaluate()
             if average_start is not None and epoch > average_start:
                 self._accumulate_average()
@@ -202,6 +205,14 @@ class EpochLoop:
             self.learner.module.load_state_dict(self.averaged)
         elif self.best_weights is not None:
             self.learner.module.load_state_dict(self.best_weights)
+
+
+def _check_finite(epoch: int, train_metrics: dict[str, float]) -> None:
+    """A NaN or infinite training loss means the weights are garbage: stop with a reason, publish nothing."""
+    for name, value in train_metrics.items():
+        if name.startswith("train_") and not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged in epoch {epoch}: {name} is {value}; lower train.lr "
+                                   "(the last checkpoint is from the epoch before)")
 
 
 def _describe(train: dict[str, float], valid: dict[str, float]) -> str:

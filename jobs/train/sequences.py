@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from schemas.vocab import UNKNOWN_INDEX
+
 _READ_ROWS = 1 << 14
 
 
@@ -107,6 +109,7 @@ class Sessions:
         return Ragged.concat([Ragged.from_arrow(pq.read_table(f, columns=["tokens"])["tokens"]) for f in self.files])
 
     def _unshuffled_blocks(self, rng: np.random.Generator) -> Iterator[Ragged]:
+        """Blocks of at most ``buffer`` sessions (whole sessions), files in a seeded order."""
         if self._cached is not None:
             yield self._cached
             return
@@ -115,11 +118,15 @@ class Sessions:
             batches = pq.ParquetFile(self.files[index]).iter_batches(batch_size=min(_READ_ROWS, self.buffer),
                                                                      columns=["tokens"])
             for batch in batches:
-                pending.append(Ragged.from_arrow(batch.column(0)))
-                size += batch.num_rows
-                if size >= self.buffer:
-                    yield Ragged.concat(pending)
-                    pending, size = [], 0
+                part = Ragged.from_arrow(batch.column(0))
+                while len(part):
+                    room = self.buffer - size
+                    pending.append(part.take(np.arange(min(room, len(part)))))
+                    size += len(pending[-1])
+                    part = part.take(np.arange(room, len(part))) if len(part) > room else part.take(np.arange(0))
+                    if size >= self.buffer:
+                        yield Ragged.concat(pending)
+                        pending, size = [], 0
         if pending:
             yield Ragged.concat(pending)
 
@@ -144,6 +151,7 @@ class Cases:
     users: np.ndarray
     contexts: Ragged
     targets: np.ndarray
+    unknown_targets: int = 0  # held-out events of the unknown token: no model can predict them, not counted
 
     def __len__(self) -> int:
         return self.targets.size
@@ -172,7 +180,7 @@ class Histories:
             eligible = np.sort(np.random.default_rng([seed, 0xE7A1]).choice(eligible, max_users, replace=False))
         wanted = np.zeros(held.size, bool)
         wanted[eligible] = True
-        users, contexts, targets, start = [], [], [], 0
+        users, contexts, targets, start, unknown = [], [], [], 0, 0
         for batch_users, recent, held_out in self.batches():
             take = np.flatnonzero(wanted[start:start + batch_users.size])
             start += batch_users.size
@@ -180,10 +188,13 @@ class Histories:
                 sequence = recent.values[recent.offsets[row]:recent.offsets[row + 1]]
                 for j in range(int(held_out[row])):
                     cut = sequence.size - int(held_out[row]) + j
+                    if sequence[cut] == UNKNOWN_INDEX:
+                        unknown += 1
+                        continue
                     users.append(batch_users[row])
                     contexts.append(sequence[:cut])
                     targets.append(sequence[cut])
         offsets = np.concatenate([[0], np.cumsum([c.size for c in contexts])]).astype(np.int64)
         values = np.concatenate(contexts) if contexts else np.empty(0, np.int64)
         return Cases(np.asarray(users, np.int64), Ragged(values.astype(np.int64), offsets),
-                     np.asarray(targets, np.int64))
+                     np.asarray(targets, np.int64), unknown)

@@ -19,7 +19,7 @@ Rows repeated within a batch get their updates summed (a batched, not a
 sequential, SGD). The step is gather/scatter bound, so on CUDA it runs in
 float32 as well: mixed precision would only add casts.
 
-Published: ``token`` (the input vectors) and ``user`` (the unit mean of the unit
+Published: ``token`` (the input vectors of the tokens seen in training) and ``user`` (the unit mean of the unit
 vectors of the user's last ``user_events`` tokens: in the token space, so the
 tokens nearest a user are the model's guess at their next events). Validation
 ranks each held-out event by cosine to that mean over the events before it.
@@ -122,6 +122,7 @@ class SkipgramLearner:
         self.module.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         self.module.to(device)
         counts = sessions.token_counts(n_tokens)
+        self.trained = np.flatnonzero(counts > 0).astype(np.int32)  # tokens absent from training keep random vectors
         self.keep = torch.from_numpy(keep_probabilities(counts, cfg.sample))
         self.table = negative_table(counts, cfg.ns_exponent).to(device)
         self.cases = histories.cases(cfg.eval_users, cfg.seed)
@@ -196,8 +197,10 @@ class SkipgramLearner:
         unit = self._unit_vectors()
 
         def score(contexts: Ragged) -> torch.Tensor:
-            profiles, _ = self._profiles(contexts, unit)
-            return profiles @ unit.T
+            profiles, found = self._profiles(contexts, unit)
+            scores = profiles @ unit.T
+            scores[~found] = math.nan  # no known token before the event: no prediction (a miss)
+            return scores
 
         return ranking.evaluate(self.cases, score, unit.shape[0], self.cfg.exclude_seen)
 
@@ -210,7 +213,7 @@ class SkipgramLearner:
             users.append(batch_users[found.cpu().numpy()])
             vectors.append(profiles[found].float().cpu().numpy())
         return {
-            "token": EntityVectors("token", np.arange(tokens.shape[0], dtype=np.int32), tokens, None, "token"),
+            "token": EntityVectors("token", self.trained, tokens[self.trained], None, "token"),
             "user": EntityVectors("user", np.concatenate(users).astype(np.int32) if users else np.empty(0, np.int32),
                                   np.concatenate(vectors) if vectors else np.empty((0, tokens.shape[1]), np.float32),
                                   None, "token"),
