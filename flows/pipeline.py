@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.logging.handlers import APILogHandler
 
@@ -64,15 +65,24 @@ def train_task(cfg: PipelineConfig, store: str, model: str, snapshot_id: str, re
 
 
 @task(name="publish", task_run_name="publish-{model}", **_storage_task)
-def publish_task(cfg: PipelineConfig, store: str, model: str, run_id: str, snapshot_id: str) -> dict:
+def publish_task(cfg: PipelineConfig, store: str, model: str, run_id: str, snapshot_id: str, force: bool) -> dict:
     with job_logs_to_prefect():
-        return stages.publish(cfg, StoreLayout(store), model=model, run_id=run_id, snapshot_id=snapshot_id)
+        return stages.publish(cfg, StoreLayout(store), model=model, run_id=run_id, snapshot_id=snapshot_id,
+                              force=force)
+
+
+@task(name="map", task_run_name="map-{model}", cache_policy=NONE)
+def map_task(cfg: PipelineConfig, store: str, model: str, version: int) -> dict:
+    with job_logs_to_prefect():
+        return stages.draw_map(cfg, StoreLayout(store), model, version)
 
 
 @flow(name="latentstore-pipeline", log_prints=False)
 def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
-             resume: bool = True) -> dict:
-    """Index one config's data, then train and publish each of its models into one store."""
+             resume: bool = True, force: bool = False) -> dict:
+    """Index one config's data, then train and publish each of its models into one store.
+
+    A version the quality gate refuses fails the flow (the current version stays); ``force`` publishes it."""
     logger = get_run_logger()
     cfg = load_config(config_path, input_path)
     store = str(StoreLayout(store).root)
@@ -89,10 +99,16 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         trained = train_task(cfg, store, model, indexed["snapshot_id"], resume)
         logger.info("%s run %s%s: %s", model, trained["run_id"], " (reused)" if trained["reused"] else "",
                     trained["metrics"])
-        published = publish_task(cfg, store, model, trained["run_id"], indexed["snapshot_id"])
+        published = publish_task(cfg, store, model, trained["run_id"], indexed["snapshot_id"], force)
         logger.info("published %s v%d%s", published["model"], published["version"],
                     " (already current)" if published["reused"] else "")
         _model_artifacts(indexed, trained, published)
+        if cfg.publish.map is not None:
+            drawn = map_task(cfg, store, model, published["version"])
+            create_link_artifact(key=f"{_key(model)}-map", link=Path(drawn["file"]).as_uri(),
+                                 link_text=f"{model} v{published['version']}: map of {cfg.publish.map.entity}",
+                                 description=f"{drawn['points']} points, {drawn['method']}")
+            published = {**published, "map": drawn["file"]}
         models[model] = {"train": trained, "publish": published}
     return {"index": indexed, "models": models}
 
@@ -117,10 +133,15 @@ def _model_artifacts(indexed: dict, trained: dict, published: dict) -> None:
     metric = trained["primary_metric"]
     value = metric["value"]
     tables = ", ".join(f"{e} {i['rows']} x {i['dim']}" for e, i in published["entities"].items())
+    gate = published.get("gate") or {}
+    drift = (published.get("drift") or {}).get("tables", {})
+    drifts = ", ".join(f"{t} {d['overlap_at_10']:.2f}" for t, d in drift.items() if d["overlap_at_10"] is not None)
     create_markdown_artifact(
         f"# {model} v{published['version']}\n\n"
         f"- snapshot `{indexed['snapshot_id']}`, run `{trained['run_id']}`\n"
         f"- {metric['name']}: {value if value is None else f'{value:.4f}'} ({metric['direction']})\n"
+        f"- quality gate: {'forced: ' if gate.get('forced') else ''}{gate.get('reason', 'n/a')}\n"
+        f"- drift (top-10 neighbour overlap with the previous version): {drifts or 'n/a'}\n"
         f"- quarantined rows: {indexed['counts']['quarantined']} {indexed['counts']['quarantine_reasons']}\n"
         f"- tables: {tables}\n",
         key=f"{_key(model)}-published",

@@ -47,8 +47,10 @@ def train(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, sna
 
 
 def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, run_id: str | None = None,
-            snapshot_id: str | None = None) -> dict:
-    """Publish ``model``'s finished run (by default the run of its config on the snapshot)."""
+            snapshot_id: str | None = None, force: bool = False) -> dict:
+    """Publish ``model``'s finished run (by default the run of its config on the snapshot).
+
+    Raises GateRefused when the quality gate refuses it, unless ``force``."""
     from jobs.publish.job import run
     from jobs.train.job import RESULT, run_id_for
 
@@ -59,6 +61,21 @@ def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, r
     if not (run_dir / RESULT).is_file():
         raise StoreError(f"training run {run_id} of {train_cfg.name} has not finished in {store.root}; "
                          "run the train stage first")
-    result = run(cfg.publish, train_cfg.name, store, run_dir, read_json(run_dir / RESULT), directory, manifest)
-    return {"model": result.model, "version": result.version, "reused": result.reused,
-            "file": str(result.path), "entities": result.record["entities"]}
+    result = run(cfg.publish, train_cfg.name, store, run_dir, read_json(run_dir / RESULT), directory, manifest,
+                 force=force)
+    return {"model": result.model, "version": result.version, "reused": result.reused, "file": str(result.path),
+            "entities": result.record["entities"], "gate": result.record.get("gate"),
+            "drift": result.record.get("drift"), "retention": result.retention}
+
+
+def draw_map(cfg: PipelineConfig, store: StoreLayout, model: str, version: int) -> dict:
+    """The 2-D map of ``publish.map`` for one published version, as maps/<model>-vNNNNNN-<entity>.png."""
+    from latentstore.plot import draw
+    from latentstore.store import open_store
+    from schemas.store import version_name
+
+    spec = cfg.publish.map
+    out = store.root / "maps" / f"{model}-{version_name(version)}-{spec.entity}.png"
+    with open_store(store.root, versions={model: version}) as opened:
+        return draw(opened, model, spec.entity, out, spec.labels, spec.key_column, spec.label_column,
+                    spec.title_column, spec.method, spec.sample, min_count=spec.min_count)

@@ -4,6 +4,15 @@ Nothing here imports Spark, torch, DuckDB or Prefect: the contracts are plain
 Python so that any stage (and any test) can import them cheaply.
 """
 
-from schemas.errors import ConfigError, InputError, LatentstoreError, StoreError, StoreLockedError, TrainingDiverged
+from schemas.errors import (
+    ConfigError,
+    GateRefused,
+    InputError,
+    LatentstoreError,
+    StoreError,
+    StoreLockedError,
+    TrainingDiverged,
+)
 
-__all__ = ["ConfigError", "InputError", "LatentstoreError", "StoreError", "StoreLockedError", "TrainingDiverged"]
+__all__ = ["ConfigError", "GateRefused", "InputError", "LatentstoreError", "StoreError", "StoreLockedError",
+           "TrainingDiverged"]

@@ -23,3 +23,7 @@ class StoreLockedError(StoreError):
 
 class TrainingDiverged(LatentstoreError):
     """The training loss became NaN or infinite: the learning rate is too high for the data."""
+
+
+class GateRefused(LatentstoreError):
+    """The quality gate refused a version: its validation metric regressed (``--force`` overrides)."""

@@ -9,7 +9,9 @@
       models/<model>/v000001.duckdb       one immutable DuckDB file per (model, version)
       models/<model>/CURRENT              the model's current version number, os.replace'd
       registry/versions/<model>/v000001.json   one record per published version (append-only)
-      registry/events/<utc>-<model>-<id>.json  one record per pointer change (append-only)
+      registry/events/<utc>-<model>-<event>-<id>.json  one record per event: publish, rollback, refused,
+                                          removed, recovered (append-only)
+      maps/<model>-v000001-<entity>.png   2-D maps drawn after a publish (publish.map)
       extensions/                         the vss extension, so plain duckdb opens the store offline
       current.sql                         ATTACHes every current version READ_ONLY; views; macros
       tmp/                                staging; anything here is garbage after a crash

@@ -17,7 +17,8 @@ SMALL_EVENTS = {"users": 300, "segments": 4, "page_types": 4, "portals": 4, "sea
 
 
 def pipeline_config(base: Path, name: str = "demo", input_path: str | None = None, hnsw_min_rows: int = 100_000,
-                    train: dict | None = None, index: dict | None = None, columns: dict | None = None) -> PipelineConfig:
+                    train: dict | None = None, index: dict | None = None, columns: dict | None = None,
+                    publish: dict | None = None) -> PipelineConfig:
     source = {"path": input_path} if input_path else {"synthetic": SMALL_SYNTHETIC}
     if columns is not None:
         source["columns"] = columns
@@ -25,7 +26,7 @@ def pipeline_config(base: Path, name: str = "demo", input_path: str | None = Non
         "name": name,
         "index": {"input": source, "spark": {"master": "local[2]"}, **(index or {})},
         "train": {"dim": 8, "epochs": 3, "batch_size": 256, "lr": 0.02, "threads": 1, **(train or {})},
-        "publish": {"hnsw_min_rows": hnsw_min_rows},
+        "publish": {"hnsw_min_rows": hnsw_min_rows, **(publish or {})},
     }
     return validate(PipelineConfig, data, "test", base_dir=base)
 
@@ -94,3 +95,51 @@ def read_parquet_dir(path: Path):
     import pyarrow.dataset as ds
 
     return ds.dataset(str(path), format="parquet").to_table().to_pandas()
+
+
+def publish_vectors(store: Path, model: str, tables: dict[str, dict[str, list[float]]], metric: float | None = 1.0,
+                    metric_name: str = "valid_rmse", direction: str = "minimize", validation_set: str = "set-1",
+                    counts: dict[str, int] | None = None, publish: dict | None = None, force: bool = False):
+    """Publish hand-made vectors as the next version of ``model`` through the real publish job.
+
+    ``tables``: entity -> {key: vector}. Writes a minimal snapshot (vocabularies) and run (vectors)
+    beside the store; ``validation_set`` stands for the snapshot's content key (the gate compares it)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.publish.config import PublishConfig
+    from jobs.publish.job import run
+    from schemas.snapshot import Counts, Manifest, VocabStats, vocab_dir
+
+    work = store.parent / "handmade" / uuid.uuid4().hex[:12]
+    snapshot, run_dir = work / "snapshot", work / "run"
+    entities, vocab = {}, {}
+    for entity, vectors in tables.items():
+        keys = list(vectors)
+        (snapshot / vocab_dir(entity)).mkdir(parents=True)
+        pq.write_table(pa.table({"key": keys, "index": pa.array(range(1, len(keys) + 1), pa.int32()),
+                                 "count": pa.array([(counts or {}).get(k, 1) for k in keys], pa.int64())}),
+                       snapshot / vocab_dir(entity) / "part-0.parquet")
+        dim = len(next(iter(vectors.values())))
+        flat = [float(x) for v in vectors.values() for x in v]
+        (run_dir / "vectors").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"index": pa.array(range(1, len(keys) + 1), pa.int32()),
+                                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+                                 "bias": pa.array([0.0] * len(keys), pa.float32())}),
+                       run_dir / "vectors" / f"{entity}.parquet")
+        entities[entity] = {"rows": len(keys), "dim": dim, "vocab": entity, "space": "test", "bias": True}
+        vocab[entity] = VocabStats(size=len(keys) + 1, keys=len(keys), new_keys=len(keys), rare_keys=0)
+    result = {"run_id": uuid.uuid4().hex[:16], "model": "mf", "config": {}, "params": {"dim": dim},
+              "entities": entities, "metrics": {metric_name: metric},
+              "primary_metric": {"name": metric_name, "value": metric, "direction": direction},
+              "code_version": "test", "runtime": {}}
+    zero = Counts(read=0, kept=0, quarantined=0, duplicates=0, superseded=0, quarantine_reasons={}, train=0, valid=0)
+    manifest = Manifest(snapshot_id=uuid.uuid4().hex[:16], content_key=validation_set, dataset=model, parent=None,
+                        created_at=datetime.now(UTC).isoformat(), input_format="parquet", input_files=[],
+                        input_fingerprint="handmade", data_config={}, counts=zero, vocab=vocab, rating_range=None,
+                        split={}, code_version="test", spark={})
+    cfg = PublishConfig(**{"retention_grace_seconds": 0, **(publish or {})})
+    return run(cfg, model, StoreLayout(store), run_dir, result, snapshot, manifest, force=force)

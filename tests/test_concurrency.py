@@ -17,6 +17,7 @@ from tests.helpers import build_store, pipeline_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
+NO_GATE = {"gate": {"enabled": False}}  # different seeds of one model: the lock is under test, not quality
 
 READER = r"""
 import json, sys, time
@@ -41,11 +42,12 @@ print(json.dumps(seen))
 
 PUBLISH = r"""
 import sys
+NO_GATE = {"gate": {"enabled": False}}  # different seeds of one model: the lock is under test, not quality
 from jobs import stages
 from schemas.store import StoreLayout
 from tests.helpers import pipeline_config
 base, store, seed, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-cfg = pipeline_config(__import__("pathlib").Path(base), name="race", train={"seed": seed})
+cfg = pipeline_config(__import__("pathlib").Path(base), name="race", train={"seed": seed}, publish=NO_GATE)
 cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"lock_timeout_seconds": timeout})})
 layout = StoreLayout(store)
 result = stages.publish(cfg, layout)
@@ -63,7 +65,7 @@ def race_store(spark, tmp_path_factory):
     """A store with v1 current and three more finished runs ready to publish (seeds 1-3)."""
     base = tmp_path_factory.mktemp("race")
     store = base / "store"
-    build_store(pipeline_config(base, name="race"), store)
+    build_store(pipeline_config(base, name="race", publish=NO_GATE), store)
     for seed in (1, 2, 3):
         stages.train(pipeline_config(base, name="race", train={"seed": seed}), StoreLayout(store))
     return base, store
@@ -121,7 +123,7 @@ def test_an_open_reader_keeps_its_version_and_a_new_one_sees_the_next(race_store
     old = latentstore.connect(store)
     version_before = old.execute("SELECT version FROM race.meta").fetchone()[0]
     vectors_before = old.execute("SELECT key, vector FROM race.item ORDER BY key").fetchall()
-    cfg = pipeline_config(base, name="race", train={"seed": 4})
+    cfg = pipeline_config(base, name="race", train={"seed": 4}, publish=NO_GATE)
     stages.train(cfg, StoreLayout(store))
     published = stages.publish(cfg, StoreLayout(store))
     assert published["version"] > version_before

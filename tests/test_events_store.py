@@ -7,7 +7,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import latentstore
-from latentstore.query import similar
 from schemas.snapshot import HISTORIES_DIR
 from tests.helpers import build_models, events_config
 
@@ -93,9 +92,10 @@ def test_similar_works_on_tokens_and_users(events_store, model, entity):
                        [entity, model]).fetchone()[0]
     con.close()
     assert hnsw == (entity == "user")
-    columns, rows = similar(store, model, entity, key, k=10)
-    assert columns == ["key", "distance", "count"] and len(rows) == 10 and key not in {r[0] for r in rows}
-    _, filtered = similar(store, model, entity, key, k=10, min_count=2)
+    with latentstore.open_store(store) as opened:
+        rows = opened.similar(model, entity, key, k=10)
+        filtered = opened.similar(model, entity, key, k=10, min_count=2)
+    assert len(rows) == 10 and key not in {r[0] for r in rows}
     assert len(filtered) == 10 and all(r[2] >= 2 for r in filtered)
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import latentstore
-from latentstore.query import similar
 from schemas.errors import StoreError
 
 pytestmark = pytest.mark.spark
@@ -112,9 +111,10 @@ def test_similar_returns_k_rows_with_and_without_a_filter(published_store):
         key = con.execute(f"SELECT key FROM shop.{entity} ORDER BY count DESC, key LIMIT 1").fetchone()[0]
         threshold = con.execute(f"SELECT quantile_disc(count, 0.5) FROM shop.{entity}").fetchone()[0]
         con.close()
-        columns, rows = similar(store, "shop", entity, key, k=10)
-        assert columns == ["key", "distance", "count"] and len(rows) == 10 and key not in {r[0] for r in rows}
-        _, filtered = similar(store, "shop", entity, key, k=10, min_count=threshold)
+        with latentstore.open_store(store) as opened:
+            rows = opened.similar("shop", entity, key, k=10)
+            filtered = opened.similar("shop", entity, key, k=10, min_count=threshold)
+        assert len(rows) == 10 and key not in {r[0] for r in rows}
         assert len(filtered) == 10 and all(r[2] >= threshold for r in filtered)
 
 
@@ -124,10 +124,11 @@ def test_versions_view_and_errors(con, published_store):
     assert row == [("shop", 1, True, "valid_rmse", pytest.approx(summary["train"]["metrics"]["valid_rmse"]), "shop")]
     manifest_kept = con.execute("SELECT snapshot_manifest->>'$.counts.kept' FROM versions").fetchone()[0]
     assert int(manifest_kept) == summary["index"]["counts"]["kept"]
-    with pytest.raises(StoreError, match="no model 'nope'"):
-        similar(store, "nope", "item", "x")
-    with pytest.raises(StoreError, match="key 'missing' not found in shop.item"):
-        similar(store, "shop", "item", "missing")
+    with latentstore.open_store(store) as opened:
+        with pytest.raises(StoreError, match="no model 'nope'"):
+            opened.similar("nope", "item", "x")
+        with pytest.raises(StoreError, match="key 'missing' not found in shop.item"):
+            opened.similar("shop", "item", "missing")
 
 
 def test_reopen_sees_the_same_data(published_store):

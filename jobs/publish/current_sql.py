@@ -5,9 +5,12 @@ loads vss from the store's own extension directory (offline), and defines
 TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
 
 - ``embeddings(model, entity, key, vector FLOAT[], bias, count, version)``: every current table.
-- ``models``: one row per current model (version, run, snapshot, output range).
-- ``versions``: every published version from the registry, with ``is_current``.
-- ``pointer_events``: every pointer change (publish, rollback).
+- ``models``: one row per attached model (version, run, snapshot, output range, tables).
+- ``versions``: every published version from the registry, with ``is_current`` and ``retained``
+  (its file still exists), the gate decision and the drift from the version it replaced.
+- ``registry_events``: every event (publish, rollback, recovered, refused, removed);
+  ``pointer_events``: the ones that moved a pointer.
+- ``version_at(model, at)``: the version that was current at a time (rollbacks included).
 - ``vector_of(model, entity, key)``; ``most_similar(model, entity, key, k)``;
   ``nearest(model, entity, vector, k)``: exact search, any model;
   ``recommend(model, user_key, k)``: an ``mf`` model's predicted ratings;
@@ -38,6 +41,9 @@ _VERSION_COLUMNS = {
     "metrics": "JSON",
     "params": "JSON",
     "entities": "JSON",
+    "validation_set": "VARCHAR",
+    "gate": "JSON",
+    "drift": "JSON",
     "snapshot_manifest": "JSON",
     "code_version": "VARCHAR",
     "git_commit": "VARCHAR",
@@ -49,7 +55,9 @@ _EVENT_COLUMNS = {
     "event": "VARCHAR",
     "from_version": "INTEGER",
     "to_version": "INTEGER",
+    "version": "INTEGER",
     "run_id": "VARCHAR",
+    "details": "JSON",
 }
 
 
@@ -62,8 +70,10 @@ def _struct(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
 
 
-def render(store: StoreLayout, current: dict[str, dict]) -> str:
-    """``current`` maps each model to its current version's registry record."""
+def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int] | None = None) -> str:
+    """``current`` maps each model to the registry record of the version to attach (its current one, or
+    one as of a time); ``pointers`` are the real current versions (``versions.is_current``), by default
+    the attached ones."""
     lines = [
         f"-- latentstore current.sql, generated {datetime.now(UTC).isoformat(timespec='seconds')}; do not edit.",
         f"-- Open the store with the duckdb CLI:  duckdb -init {store.current_sql}",
@@ -78,7 +88,7 @@ def render(store: StoreLayout, current: dict[str, dict]) -> str:
         path = store.root / record["file"]
         lines.append(f"ATTACH IF NOT EXISTS {literal(str(path))} AS {model} (READ_ONLY);")
         models.append(
-            f"SELECT model, version, run_id, snapshot_id, model_kind, y_low, y_high, created_at FROM {model}.meta"
+            f"SELECT model, version, run_id, snapshot_id, model_kind, y_low, y_high, created_at, entities FROM {model}.meta"
         )
         for entity, info in sorted(record["entities"].items()):
             table = f"{model}.{check_name(info['table'], 'entity')}"
@@ -95,16 +105,27 @@ def render(store: StoreLayout, current: dict[str, dict]) -> str:
             )
     lines.append("CREATE OR REPLACE TEMP VIEW embeddings AS\n  " + "\n  UNION ALL ".join(embeddings) + ";")
     lines.append("CREATE OR REPLACE TEMP VIEW models AS\n  " + "\n  UNION ALL ".join(models) + ";")
-    pointer_rows = ", ".join(f"({literal(m)}, {int(r['version'])})" for m, r in sorted(current.items()))
+    pointers = pointers if pointers is not None else {m: int(r["version"]) for m, r in current.items()}
+    pointer_rows = ", ".join(f"({literal(m)}, {int(v)})" for m, v in sorted(pointers.items())) or "(NULL, NULL)"
     versions_glob = literal(str(store.registry_versions / "*" / "*.json"))
     events_glob = literal(str(store.registry_events / "*.json"))
+    files_glob = literal(str(store.models / "*" / "*.duckdb"))
+    root = literal(str(store.root) + "/")
     lines += [
         "CREATE OR REPLACE TEMP VIEW versions AS\n"
-        f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current\n"
+        f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current, f.file IS NOT NULL AS retained\n"
         f"  FROM read_json({versions_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)}) r\n"
-        f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model;",
+        f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model\n"
+        f"  LEFT JOIN glob({files_glob}) f ON f.file = {root} || r.file;",
+        "CREATE OR REPLACE TEMP VIEW registry_events AS\n"
+        '  SELECT "at" AS event_time, model, event, from_version, to_version, version, run_id, details\n'
+        f"  FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
         "CREATE OR REPLACE TEMP VIEW pointer_events AS\n"
-        f"  SELECT * FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
+        "  SELECT event_time, model, event, from_version, to_version, run_id, details FROM registry_events\n"
+        "  WHERE to_version IS NOT NULL;",
+        "CREATE OR REPLACE TEMP MACRO version_at(model_name, at_time) AS\n"
+        "  (SELECT to_version FROM pointer_events WHERE model = model_name AND event_time <= at_time::TIMESTAMPTZ\n"
+        "   ORDER BY event_time DESC LIMIT 1);",
         "CREATE OR REPLACE TEMP MACRO vector_of(model_name, entity_name, key_value) AS\n"
         "  (SELECT vector FROM embeddings WHERE model = model_name AND entity = entity_name AND key = key_value);",
         "CREATE OR REPLACE TEMP MACRO most_similar(model_name, entity_name, key_value, k := 10) AS TABLE\n"

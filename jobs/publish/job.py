@@ -1,14 +1,21 @@
 """The publish stage: a finished training run -> the next version of a model, made current.
 
-Order of writes (each step atomic; a crash between steps leaves the previous
-version current and every reader unaffected):
+Under the store's writer lock, in this order (each write atomic; the named
+pause points are where crash tests kill a writer):
 
-1. build ``tmp/<model>-<version>.duckdb`` and rename it to ``models/<model>/vNNNNNN.duckdb``;
-2. write the registry record of the version;
-3. switch ``models/<model>/CURRENT`` (os.replace) and append a pointer event;
-4. regenerate ``current.sql`` (os.replace).
+1. recovery: repair what a killed writer left (jobs.publish.recovery);
+2. the quality gate: a refused version is recorded as an event and nothing else is written;
+3. build ``tmp/<model>-vNNNNNN-<pid>.duckdb`` and rename it to ``models/<model>/vNNNNNN.duckdb``
+   (``publish:built``, ``publish:renamed``);
+4. drift against the current version, then the registry record (``publish:recorded``);
+5. switch ``models/<model>/CURRENT`` (os.replace): **the commit point** (``publish:switched``),
+   then the pointer event;
+6. regenerate ``current.sql`` (os.replace; ``publish:sql``); retention of old versions.
 
-All of it runs under the store's writer lock.
+A crash before 5 leaves the previous version current everywhere, and recovery
+removes the leftovers; a crash after 5 leaves the new version committed, and
+recovery completes its event and current.sql. Readers only ever attach complete,
+immutable files.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs.common.faults import pause_point
 from jobs.common.files import atomic_write_text, read_json
 from jobs.common.version import git_commit
+from jobs.publish import gate, retention
 from jobs.publish.config import PublishConfig
 from jobs.publish.current_sql import render
 from jobs.publish.lock import writer_lock
+from jobs.publish.recovery import recover
 from jobs.publish.registry import (
+    append_event,
     current_version,
     ensure_format,
     find_run,
@@ -35,6 +46,7 @@ from jobs.publish.registry import (
     write_version_record,
 )
 from latentstore.duck import install_vss
+from schemas.errors import GateRefused, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout, check_name, version_name
 
@@ -48,6 +60,7 @@ class PublishResult:
     path: Path
     record: dict
     reused: bool
+    retention: dict | None = None
 
 
 def refresh_current_sql(store: StoreLayout) -> None:
@@ -58,29 +71,73 @@ def refresh_current_sql(store: StoreLayout) -> None:
     atomic_write_text(store.current_sql, render(store, current))
 
 
+def _recover(store: StoreLayout) -> None:
+    """Repair a killed writer's leftovers; a switch it committed becomes visible in current.sql."""
+    recover(store)
+    if pointers(store):
+        refresh_current_sql(store)
+
+
 def run(
     cfg: PublishConfig, model: str, store: StoreLayout, run_dir: Path, result: dict, snapshot_dir: Path,
-    manifest: Manifest,
+    manifest: Manifest, force: bool = False,
 ) -> PublishResult:
-    """Publish the finished run in ``run_dir`` as the next version of ``model`` and make it current."""
+    """Publish the finished run in ``run_dir`` as the next version of ``model`` and make it current.
+
+    Raises GateRefused when the quality gate refuses it (unless ``force``)."""
     model = check_name(model, "model")
     ensure_format(store)
     with writer_lock(store.lock_file, cfg.lock_timeout_seconds):
+        _recover(store)
         existing = find_run(store, model, result["run_id"])
-        if existing is not None and current_version(store, model) == existing["version"]:
+        current = current_version(store, model)
+        if existing is not None and current == existing["version"]:
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
+        current_record = read_json(store.version_record(model, current)) if current is not None else None
+        decision = gate.decide(cfg.gate, model, result["primary_metric"], manifest.content_key, current_record)
+        if not decision.passed and not force:
+            append_event(store, model, "refused", from_version=current, run_id=result["run_id"],
+                         details={**decision.record(), "snapshot_id": manifest.snapshot_id})
+            raise GateRefused(f"quality gate refused {model}: {decision.reason}. The current version stays; "
+                              "--force publishes anyway")
+        if not decision.passed:
+            log.warning("quality gate overridden by --force: %s", decision.reason)
         install_vss(store.extensions)
         version = max(known_versions(store, model), default=0) + 1
-        record = _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version)
-        switch_pointer(store, model, version, "publish", result["run_id"])
+        record = _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version,
+                                  decision.record(forced=force), current_record)
+        switch_pointer(store, model, version, "publish", result["run_id"],
+                       details={"forced": record["gate"]["forced"]})
         refresh_current_sql(store)
+        pause_point("publish:sql")
+        kept = retention.apply(store, model, cfg.keep_versions, cfg.retention_grace_seconds)
     log.info("published %s %s (%s)", model, version_name(version), _entity_summary(record))
-    return PublishResult(model, version, store.version_file(model, version), record, False)
+    return PublishResult(model, version, store.version_file(model, version), record, False, kept)
 
 
-def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version) -> dict:
+def rollback(store: StoreLayout, model: str, version: int, lock_timeout_seconds: float = 600.0) -> dict:
+    """Make an older (retained) ``version`` of ``model`` current again; recorded as a ``rollback`` event."""
+    model = check_name(model, "model")
+    with writer_lock(store.lock_file, lock_timeout_seconds):
+        _recover(store)
+        if not store.version_record(model, version).is_file():
+            raise StoreError(f"{model} has no version {version} in {store.root}")
+        if not store.version_file(model, version).is_file():
+            raise StoreError(f"{model} {version_name(version)} was removed by retention; "
+                             "it can no longer be made current")
+        if current_version(store, model) == version:
+            raise StoreError(f"{model} {version_name(version)} is already current")
+        event = switch_pointer(store, model, version, "rollback", read_json(store.version_record(model, version))["run_id"])
+        refresh_current_sql(store)
+    previous = event["from_version"]
+    log.info("rolled %s back from %s to %s", model, version_name(previous) if previous else "none", version_name(version))
+    return event
+
+
+def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version, decision, current) -> dict:
     from jobs.publish.build import build_version_file
+    from jobs.publish.drift import compare
 
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     store.tmp.mkdir(parents=True, exist_ok=True)
@@ -94,14 +151,22 @@ def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest,
         "model_kind": result["model"],
         "created_at": created_at,
     }
+    final = store.version_file(model, version)
     try:
         entities = build_version_file(staging, cfg, run_dir, snapshot_dir, result, meta)
-        final = store.version_file(model, version)
+        pause_point("publish:built")
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, final)
     finally:
         staging.unlink(missing_ok=True)
         Path(f"{staging}.wal").unlink(missing_ok=True)
+    pause_point("publish:renamed")
+    drift = None
+    if current is not None and store.version_file(model, current["version"]).is_file():
+        tables = sorted(set(entities) & set(current["entities"]))
+        drift = {"compared_to": current["version"], "sample_seed": cfg.drift_seed,
+                 "tables": compare(store.version_file(model, current["version"]), final, tables, cfg.drift_sample,
+                                   cfg.drift_seed)}
     metric = result["primary_metric"]
     record = {
         **meta,
@@ -113,6 +178,9 @@ def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest,
         "metrics": result["metrics"],
         "params": {**result["params"], "train": result["config"], "publish": cfg.model_dump(mode="json")},
         "entities": entities,
+        "validation_set": manifest.content_key,
+        "gate": decision,
+        "drift": drift,
         "snapshot_manifest": manifest.model_dump(mode="json"),
         "code_version": result["code_version"],
         "git_commit": git_commit(),
@@ -120,6 +188,7 @@ def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest,
         "runtime": result["runtime"],
     }
     write_version_record(store, record)
+    pause_point("publish:recorded")
     return record
 
 

@@ -1,7 +1,15 @@
-"""The registry: append-only JSON records of versions and pointer changes, and the pointers.
+"""The registry: append-only JSON records of versions and events, and the pointers.
 
 Records are one file each, written atomically and never rewritten, so readers
-(``versions`` in SQL, ``latentstore versions``) need no lock.
+(``versions`` in SQL, ``latentstore versions``) need no lock. Events:
+
+- ``publish`` / ``rollback`` / ``recovered``: the pointer moved (``from_version`` -> ``to_version``);
+  ``recovered`` is written by the next writer when a crash lost the event of a switch;
+- ``refused``: the quality gate refused a version (``details`` say why); nothing changed;
+- ``removed``: retention deleted a version's file (``version``); its record stays.
+
+A model's pointer history is its pointer events in time order: the version
+current at a time is the ``to_version`` of the last one at or before it.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs.common.faults import pause_point
 from jobs.common.files import atomic_write_json, atomic_write_text, read_json
 from schemas.errors import StoreError
 from schemas.store import FORMAT_LINE, StoreLayout, version_name
@@ -76,24 +85,72 @@ def pointers(store: StoreLayout) -> dict[str, int]:
     }
 
 
-def switch_pointer(store: StoreLayout, model: str, version: int, event: str, run_id: str | None) -> dict:
-    """Make ``version`` current (one os.replace) and append the pointer-change event."""
+POINTER_EVENTS = ("publish", "rollback", "recovered")
+
+
+def append_event(store: StoreLayout, model: str, event: str, *, from_version: int | None = None,
+                 to_version: int | None = None, version: int | None = None, run_id: str | None = None,
+                 details: dict | None = None, at: datetime | None = None) -> dict:
+    """Write one event record (a new file; never rewritten)."""
+    at = at or datetime.now(UTC)
+    record = {
+        "at": at.isoformat(timespec="microseconds"),
+        "model": model,
+        "event": event,
+        "from_version": from_version,
+        "to_version": to_version,
+        "version": version if version is not None else to_version,
+        "run_id": run_id,
+        "details": details or {},
+    }
+    name = f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-{model}-{event}-{uuid.uuid4().hex[:8]}.json"
+    atomic_write_json(store.registry_events / name, record)
+    return record
+
+
+def switch_pointer(store: StoreLayout, model: str, version: int, event: str, run_id: str | None,
+                   details: dict | None = None) -> dict:
+    """Make ``version`` current (one os.replace: the commit point) and append the pointer event."""
     if not store.version_file(model, version).is_file():
         raise StoreError(f"{model} {version_name(version)} has no file at {store.version_file(model, version)}")
     previous = current_version(store, model)
     atomic_write_text(store.pointer_file(model), f"{version}\n")
-    now = datetime.now(UTC)
-    record = {
-        "at": now.isoformat(timespec="microseconds"),
-        "model": model,
-        "event": event,
-        "from_version": previous,
-        "to_version": version,
-        "run_id": run_id,
-    }
-    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{model}-{uuid.uuid4().hex[:8]}.json"
-    atomic_write_json(store.registry_events / name, record)
-    return record
+    pause_point(f"{event}:switched")
+    return append_event(store, model, event, from_version=previous, to_version=version, run_id=run_id,
+                        details=details)
+
+
+def events(store: StoreLayout, model: str | None = None) -> list[dict]:
+    """Event records in time order (all models when ``model`` is None)."""
+    if not store.registry_events.is_dir():
+        return []
+    records = [read_json(p) for p in store.registry_events.glob("*.json")]
+    return sorted((r for r in records if model is None or r["model"] == model), key=lambda r: r["at"])
+
+
+def pointer_history(store: StoreLayout, model: str) -> list[dict]:
+    return [e for e in events(store, model) if e["event"] in POINTER_EVENTS]
+
+
+def version_at(store: StoreLayout, model: str, at: datetime) -> int | None:
+    """The version of ``model`` that was current at ``at`` (rollbacks included), or None."""
+    current = None
+    for event in pointer_history(store, model):
+        if datetime.fromisoformat(event["at"]) > at:
+            break
+        current = event["to_version"]
+    return current
+
+
+def non_current_since(store: StoreLayout, model: str, version: int) -> datetime | None:
+    """When ``version`` last stopped being current (None: it is current, or it never was)."""
+    since, was_current = None, False
+    for event in pointer_history(store, model):
+        if event["to_version"] == version:
+            since, was_current = None, True
+        elif was_current and since is None and event["from_version"] == version:
+            since = datetime.fromisoformat(event["at"])
+    return since
 
 
 def relative(store: StoreLayout, path: Path) -> str:

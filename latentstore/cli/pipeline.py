@@ -1,52 +1,20 @@
-"""The `latentstore` command: run the pipeline, query the store."""
+"""Pipeline commands: run (a Prefect flow per config), and index, train, publish one stage at a time."""
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
 import os
 import shutil
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from latentstore.cli.common import DEFAULT_STORE, StoreOption, app, fail, setup_logging
 from schemas.errors import LatentstoreError
 
-app = typer.Typer(
-    help="Learn embeddings from behaviour data and serve them as a SQL feature store.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-DEFAULT_STORE = Path("latentstore-data")
-StoreOption = Annotated[Path, typer.Option("--store", help="Store root: everything a run writes lives here.")]
-log = logging.getLogger("latentstore.cli")
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
-                                           datefmt="%H:%M:%S"))
-    for name in ("jobs", "latentstore", "flows"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        logger.propagate = False
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+ForceOption = Annotated[bool, typer.Option("--force", help="Publish even if the quality gate refuses (recorded).")]
 
 
 def _prefect_env(store: Path) -> None:
@@ -75,21 +43,22 @@ def run(
     store: StoreOption = DEFAULT_STORE,
     input: Annotated[Path | None, typer.Option("--input", help="Read this file or folder instead of the config's input.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its checkpoint.")] = True,
+    force: ForceOption = False,
 ) -> None:
     """Index, train and publish each CONFIG as one Prefect flow run."""
-    _setup_logging()
+    setup_logging()
     if input is not None and len(configs) > 1:
-        _fail("--input replaces one config's input: give one config with it")
+        fail("--input replaces one config's input: give one config with it")
     try:
         loaded = [_preflight(config, input) for config in configs]  # every config checked before any runs
         _prefect_env(store)
         from flows.pipeline import pipeline
 
         for config, cfg in zip(configs, loaded):
-            summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume)
+            summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume, force)
             _print_summary(cfg, store, summary)
     except LatentstoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _print_summary(cfg, store: Path, summary: dict) -> None:
@@ -176,14 +145,14 @@ def train(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption =
 
 @app.command()
 def publish(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
-            snapshot: SnapshotOption = None) -> None:
+            snapshot: SnapshotOption = None, force: ForceOption = False) -> None:
     """Run only the publish stage (DuckDB) for each model's finished training run."""
-    _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot)
+    _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot, force=force)
 
 
 def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, model: str | None = None,
                **kwargs) -> None:
-    _setup_logging()
+    setup_logging()
     from jobs import stages
     from schemas.store import StoreLayout
 
@@ -195,7 +164,7 @@ def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, mo
             models = [cfg.model(model).name] if model else cfg.model_names()
             summaries = [getattr(stages, name)(cfg, StoreLayout(store), model=m, **kwargs) for m in models]
     except LatentstoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for summary in summaries:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
 
@@ -204,96 +173,3 @@ def _load(config: Path):
     from jobs.config import load_config
 
     return load_config(config)
-
-
-@app.command()
-def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run on the store (views, macros: see README).")],
-    store: StoreOption = DEFAULT_STORE,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
-) -> None:
-    """Run a SQL query on the store's current versions (read-only)."""
-    import duckdb
-
-    from latentstore import connect
-
-    try:
-        con = connect(store)
-        result = con.sql(query)
-        if result is None:
-            return
-        columns, rows = result.columns, result.fetchall()
-    except LatentstoreError as exc:
-        _fail(str(exc))
-    except duckdb.Error as exc:
-        _fail(str(exc), code=1)
-    _emit(columns, rows, format)
-
-
-def _emit(columns: list[str], rows: list[tuple], fmt: OutputFormat) -> None:
-    if fmt is OutputFormat.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    elif fmt is OutputFormat.json:
-        typer.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*(_cell(v) for v in row))
-        Console().print(table)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, list | tuple) and len(value) > 4:
-        return "[" + ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value[:3]) + f", … ({len(value)})]"
-    return "NULL" if value is None else str(value)
-
-
-@app.command()
-def similar(
-    key: Annotated[str, typer.Argument(help="Key whose nearest neighbours to list.")],
-    model: Annotated[str, typer.Option("--model", help="Model name in the store.")],
-    entity: Annotated[str, typer.Option("--entity", help="Entity table, e.g. item or user.")] = "item",
-    k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
-    min_count: Annotated[int, typer.Option("--min-count", min=0, help="Only keys seen at least this often.")] = 0,
-    store: StoreOption = DEFAULT_STORE,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
-) -> None:
-    """The K keys nearest to KEY by cosine distance (excluding KEY itself)."""
-    from latentstore.query import similar as find_similar
-
-    try:
-        columns, rows = find_similar(store, model, entity, key, k, min_count)
-    except LatentstoreError as exc:
-        _fail(str(exc))
-    _emit(columns, rows, format)
-
-
-@app.command()
-def versions(store: StoreOption = DEFAULT_STORE,
-             model: Annotated[str | None, typer.Option("--model")] = None,
-             format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table) -> None:
-    """List published versions (newest last) from the registry."""
-    from latentstore import connect
-
-    try:
-        con = connect(store)
-    except LatentstoreError as exc:
-        _fail(str(exc))
-    result = con.execute(
-        "SELECT model, version, created_at, snapshot_id, run_id, metric_name, metric_value, is_current "
-        "FROM versions WHERE ? IS NULL OR model = ? ORDER BY model, version",
-        [model, model],
-    )
-    columns = [d[0] for d in result.description]
-    _emit(columns, result.fetchall(), format)
-
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,3 @@
+from latentstore.cli import app
+
+app()

@@ -1,0 +1,210 @@
+"""Query commands: sql, similar (one key or a file of keys), features, analogy, plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from latentstore.cli.common import (
+    DEFAULT_STORE,
+    EntityOption,
+    FormatOption,
+    ModelOption,
+    OutputFormat,
+    StoreOption,
+    app,
+    emit,
+    fail,
+)
+from schemas.errors import LatentstoreError
+
+KOption = Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")]
+MinCountOption = Annotated[int, typer.Option("--min-count", min=0, help="Only keys seen at least this often.")]
+AsOfOption = Annotated[str | None, typer.Option("--as-of", help="A version number, or an ISO time: the version "
+                                                                  "current then (default: the current one).")]
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the store (views, macros: see README).")],
+    store: StoreOption = DEFAULT_STORE,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Run a SQL query on the store's current versions (read-only)."""
+    import duckdb
+
+    from latentstore import connect
+
+    try:
+        con = connect(store)
+        result = con.sql(query)
+        if result is None:
+            return
+        columns, rows = result.columns, result.fetchall()
+    except LatentstoreError as exc:
+        fail(str(exc))
+    except duckdb.Error as exc:
+        fail(str(exc), code=1)
+    emit(columns, rows, format)
+
+
+
+def _open(store: Path, model: str | None = None, as_of: str | None = None):
+    from latentstore import open_store
+
+    if as_of is None:
+        return open_store(store)
+    if as_of.isdigit():
+        return open_store(store, versions={model: int(as_of)})
+    return open_store(store, as_of=as_of)
+
+
+def read_rows(store, path: Path):
+    """A CSV, Parquet or plain-text (one key per line, column "key") file as an Arrow table, read by DuckDB."""
+    from schemas.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"keys file not found: {path}")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        query = "SELECT * FROM read_parquet(?)"
+    elif name.endswith(".txt"):
+        query = "SELECT trim(line) AS key FROM read_csv(?, columns = {'line': 'VARCHAR'}, header = false, sep = '\\0') WHERE trim(line) <> ''"
+    else:
+        query = "SELECT * FROM read_csv(?)"
+    try:
+        return store.con.execute(query, [str(path)]).to_arrow_table()
+    except Exception as exc:  # unreadable or malformed: DuckDB says where
+        raise InputError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+def write_rows(table, out: Path) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.name.lower().endswith(".parquet"):
+        pq.write_table(table, out)
+    else:
+        pcsv.write_csv(table, out)
+
+
+@app.command()
+def similar(
+    key: Annotated[str | None, typer.Argument(help="Key whose nearest neighbours to list.")] = None,
+    model: ModelOption = ...,
+    entity: EntityOption = "item",
+    k: KOption = 10,
+    min_count: MinCountOption = 0,
+    keys: Annotated[Path | None, typer.Option("--keys", help="Many keys at once: a CSV, Parquet or .txt file.")] = None,
+    key_column: Annotated[str, typer.Option("--key-column", help="Column of --keys holding the keys.")] = "key",
+    out: Annotated[Path | None, typer.Option("--out", help="With --keys: write the result here (.parquet or .csv).")] = None,
+    store: StoreOption = DEFAULT_STORE,
+    format: FormatOption = OutputFormat.table,
+) -> None:
+    """The K keys nearest to KEY by cosine distance (excluding KEY itself); with --keys, for every key of a file."""
+    if (key is None) == (keys is None):
+        fail("give a KEY or --keys FILE")
+    try:
+        with _open(store) as opened:
+            if key is not None:
+                rows = opened.similar(model, entity, key, k, min_count)
+                emit(["key", "distance", "count"], rows, format)
+                return
+            if min_count:
+                fail("--min-count applies to one KEY; filter the --keys result instead")
+            wanted = read_rows(opened, keys)
+            if key_column not in wanted.column_names:
+                fail(f"{keys}: no column {key_column!r} (its columns: {', '.join(wanted.column_names)}); set --key-column")
+            result = opened.similar_many(model, entity, wanted.column(key_column).cast("string").to_pylist(), k)
+    except LatentstoreError as exc:
+        fail(str(exc))
+    unknown = len(set(wanted.column(key_column).cast("string").to_pylist()) - set(result.column("query").to_pylist()))
+    if out is not None:
+        write_rows(result, out)
+        typer.echo(f"{result.num_rows} neighbours of {wanted.num_rows - unknown} keys written to {out}; "
+                   f"{unknown} keys not in {model}.{entity}", err=True)
+        return
+    emit(result.column_names, [tuple(r.values()) for r in result.to_pylist()], format)
+    if unknown:
+        typer.echo(f"{unknown} keys not in {model}.{entity}", err=True)
+
+
+@app.command()
+def features(
+    model: ModelOption,
+    keys: Annotated[Path, typer.Option("--keys", help="Your rows: a CSV, Parquet or .txt file with a key column.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the rows with their vectors (.parquet).")],
+    entity: EntityOption = "user",
+    key_column: Annotated[str, typer.Option("--key-column", help="Column of --keys holding the keys.")] = "key",
+    as_of: AsOfOption = None,
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Join vectors onto your rows as features: every row kept, unknown keys get NULL vectors (counted)."""
+    if not out.name.lower().endswith(".parquet"):
+        fail(f"--out {out}: vectors are lists; write Parquet (.parquet)")
+    try:
+        with _open(store, model, as_of) as opened:
+            rows = read_rows(opened, keys)
+            joined, unknown = opened.features(model, entity, rows, key_column)
+            version = opened.table(model, entity).version
+    except LatentstoreError as exc:
+        fail(str(exc))
+    write_rows(joined, out)
+    share = unknown / max(joined.num_rows, 1)
+    typer.echo(f"{joined.num_rows} rows written to {out} with {model}.{entity} v{version}: "
+               f"{joined.num_rows - unknown} with a vector, {unknown} unknown keys ({share:.1%}) with NULLs")
+
+
+@app.command()
+def analogy(
+    a: Annotated[str, typer.Argument(help="A: the keys nearest A - B + C ...")],
+    b: Annotated[str, typer.Argument(help="B")],
+    c: Annotated[str, typer.Argument(help="C")],
+    model: ModelOption = ...,
+    entity: EntityOption = "item",
+    k: KOption = 10,
+    min_count: MinCountOption = 0,
+    store: StoreOption = DEFAULT_STORE,
+    format: FormatOption = OutputFormat.table,
+) -> None:
+    """Keys nearest vec(A) - vec(B) + vec(C) (unit vectors), excluding A, B and C: "B is to A as C is to ?"."""
+    try:
+        with _open(store) as opened:
+            rows = opened.analogy(model, entity, a, b, c, k, min_count)
+    except LatentstoreError as exc:
+        fail(str(exc))
+    emit(["key", "distance", "count"], rows, format)
+
+
+@app.command()
+def plot(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option("--out", help="The PNG to write.")],
+    entity: EntityOption = "item",
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV or Parquet with a label per key.")] = None,
+    key_column: Annotated[str, typer.Option("--key-column", help="Column of --labels with the keys.")] = "key",
+    label_column: Annotated[str | None, typer.Option("--label-column", help="Column that colours the points "
+                                                                            "(multi-valued a|b: the first).")] = None,
+    title_column: Annotated[str | None, typer.Option("--title-column", help="Column naming annotated points.")] = None,
+    method: Annotated[str, typer.Option("--method", help="pca or tsne.")] = "pca",
+    sample: Annotated[int, typer.Option("--sample", min=10, help="At most this many points.")] = 10_000,
+    min_count: MinCountOption = 0,
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """A 2-D map (PCA or t-SNE) of an entity's vectors coloured by a label, as a PNG."""
+    from latentstore.plot import draw
+
+    if method not in ("pca", "tsne"):
+        fail("--method must be pca or tsne")
+    if label_column and labels is None:
+        fail("--label-column needs --labels FILE")
+    try:
+        with _open(store) as opened:
+            drawn = draw(opened, model, entity, out, str(labels) if labels else None, key_column, label_column,
+                         title_column, method, sample, min_count=min_count)
+    except LatentstoreError as exc:
+        fail(str(exc))
+    typer.echo(f"{drawn['points']} points ({drawn['method']}) written to {drawn['file']}")

@@ -1,0 +1,233 @@
+"""Versions a team can trust: the gate, drift, rollback, retention, as-of, several models side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import latentstore
+from jobs.publish.registry import events
+from schemas.errors import GateRefused, StoreError
+from schemas.store import StoreLayout
+from tests.helpers import publish_vectors
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO_D = {"item": {"a": [1, 0], "b": [0.9, 0.1], "c": [0, 1], "d": [0.1, 0.9]}}
+
+
+def _current(store: Path, model: str) -> int:
+    con = latentstore.connect(store)
+    try:
+        return con.execute("SELECT version FROM models WHERE model = ?", [model]).fetchone()[0]
+    finally:
+        con.close()
+
+
+# -- the quality gate ---------------------------------------------------------------------------------
+
+def test_first_publish_passes_the_floor_only(tmp_path):
+    store = tmp_path / "store"
+    with pytest.raises(GateRefused, match=r"first publish; valid_rmse 1\.2 is worse than the floor 1 \(minimize\)"):
+        publish_vectors(store, "m", TWO_D, metric=1.2, publish={"gate": {"floors": {"m": 1.0}}})
+    assert not StoreLayout(store).pointer_file("m").exists()
+    refused = [e for e in events(StoreLayout(store), "m") if e["event"] == "refused"]
+    assert len(refused) == 1 and refused[0]["details"]["rule"] == "floor" and refused[0]["details"]["value"] == 1.2
+    first = publish_vectors(store, "m", TWO_D, metric=0.9, publish={"gate": {"floors": {"m": 1.0}}})
+    assert first.version == 1 and first.record["gate"]["rule"] == "floor" and first.record["gate"]["passed"]
+
+
+def test_a_regression_on_the_same_validation_set_is_refused_and_can_be_forced(tmp_path):
+    store = tmp_path / "store"
+    publish_vectors(store, "m", TWO_D, metric=0.80)
+    within = publish_vectors(store, "m", TWO_D, metric=0.81)  # 1.25% worse: within the 2% tolerance
+    assert within.version == 2 and within.record["gate"]["rule"] == "tolerance"
+    with pytest.raises(GateRefused, match=r"worse by 0\.042, more than the tolerance 0\.02.*same validation set.*--force"):
+        publish_vectors(store, "m", TWO_D, metric=0.852)
+    assert _current(store, "m") == 2  # the current version stays
+    assert sorted(p.name for p in StoreLayout(store).model_dir("m").glob("*.duckdb")) == ["v000001.duckdb",
+                                                                                          "v000002.duckdb"]
+    forced = publish_vectors(store, "m", TWO_D, metric=0.852, force=True)
+    assert forced.version == 3 and forced.record["gate"]["forced"] and not forced.record["gate"]["passed"]
+    con = latentstore.connect(store)
+    gates = con.execute("SELECT version, gate->>'rule', (gate->>'forced')::BOOLEAN FROM versions ORDER BY version").fetchall()
+    kinds = [e for (e,) in con.execute("SELECT event FROM registry_events ORDER BY event_time").fetchall()]
+    con.close()
+    assert gates == [(1, "no floor", False), (2, "tolerance", False), (3, "tolerance", True)]
+    assert kinds == ["publish", "publish", "refused", "publish"]
+
+
+def test_the_gate_follows_the_metric_direction_and_the_validation_set(tmp_path):
+    store = tmp_path / "store"
+    hr = {"metric_name": "valid_hr_at_10", "direction": "maximize"}
+    publish_vectors(store, "m", TWO_D, metric=0.50, **hr)
+    assert publish_vectors(store, "m", TWO_D, metric=0.60, **hr).version == 2  # higher HR is better
+    with pytest.raises(GateRefused):
+        publish_vectors(store, "m", TWO_D, metric=0.50, **hr)  # 17% worse than 0.60
+    # another validation set (new data) is not comparable: the floor applies instead (none set: passes)
+    other = publish_vectors(store, "m", TWO_D, metric=0.50, validation_set="set-2", **hr)
+    assert other.version == 3 and other.record["gate"]["rule"] == "no floor"
+
+
+# -- drift --------------------------------------------------------------------------------------------
+
+def test_drift_on_a_hand_made_pair_of_versions(tmp_path):
+    store = tmp_path / "store"
+    old = {"item": {"a": [1, 0, 0], "b": [0.9, 0.1, 0], "c": [0, 1, 0], "d": [0, 0.9, 0.1], "gone": [0, 0, 1]}}
+    # in the new version a and b keep each other as nearest, c and d swap partners: each pairs with a or b
+    new = {"item": {"a": [1, 0, 0], "b": [0.9, 0.1, 0], "c": [0.8, 0, 0.2], "d": [0, 0.5, 0.5], "new": [0, 1, 0]}}
+    publish_vectors(store, "m", old, publish={"drift_sample": 100})
+    second = publish_vectors(store, "m", new, publish={"drift_sample": 100})
+    drift = second.record["drift"]
+    assert drift["compared_to"] == 1
+    item = drift["tables"]["item"]
+    # 4 common keys, k = min(10, 5 - 1) = 4: every key's neighbours are the other 4 keys of its version,
+    # so the overlap is (common neighbours among the 4) / 4 for each sampled key
+    assert (item["k"], item["sample"]) == (4, 4)
+    assert item["new_keys"] == pytest.approx(1 / 5) and item["removed_keys"] == pytest.approx(1 / 5)
+    # each key's 4 neighbours: old = the other 3 common keys + "gone", new = the other 3 + "new": 3 of 4 shared
+    assert item["overlap_at_10"] == pytest.approx(3 / 4)
+
+
+def test_drift_of_an_unchanged_model_is_full_overlap(tmp_path):
+    store = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    table = {"item": {f"k{i}": rng.normal(size=8).tolist() for i in range(60)}}
+    publish_vectors(store, "m", table)
+    second = publish_vectors(store, "m", table, publish={"drift_sample": 25, "drift_seed": 7})
+    item = second.record["drift"]["tables"]["item"]
+    assert item == {"overlap_at_10": 1.0, "k": 10, "sample": 25, "new_keys": 0.0, "removed_keys": 0.0}
+
+
+# -- rollback, as-of, several models --------------------------------------------------------------------
+
+def test_rollback_is_atomic_recorded_and_as_of_follows_it(tmp_path):
+    store = tmp_path / "store"
+    layout = StoreLayout(store)
+    publish_vectors(store, "m", TWO_D)
+    publish_vectors(store, "other", TWO_D)
+    second = publish_vectors(store, "m", {"item": {**TWO_D["item"], "e": [1, 1]}})
+    before_rollback = time.time()
+    time.sleep(0.01)
+    result = subprocess.run([sys.executable, "-m", "latentstore.cli", "rollback", "--store", str(store), "--model",
+                             "m", "--to", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "m: v2 -> v1 (rollback at" in result.stdout
+    assert _current(store, "m") == 1 and _current(store, "other") == 1
+    con = latentstore.connect(store)
+    assert con.execute("SELECT count(*) FROM m.item").fetchone()[0] == 4  # v1's rows
+    moves = con.execute("SELECT event, from_version, to_version FROM pointer_events WHERE model = 'm' "
+                        "ORDER BY event_time").fetchall()
+    assert moves == [("publish", None, 1), ("publish", 1, 2), ("rollback", 2, 1)]
+    from datetime import UTC, datetime
+
+    at = datetime.fromtimestamp(before_rollback, UTC).isoformat()
+    assert con.execute("SELECT version_at('m', ?)", [at]).fetchone()[0] == 2
+    assert con.execute("SELECT version_at('m', now())").fetchone()[0] == 1
+    con.close()
+    with latentstore.open_store(store, as_of=at) as past:
+        assert past.table("m", "item").version == 2 and past.table("other", "item").version == 1
+        assert {k for k, _, _ in past.similar("m", "item", "e", k=4)} == {"a", "b", "c", "d"}
+    with pytest.raises(StoreError, match="already current"):
+        from jobs.publish.job import rollback
+
+        rollback(layout, "m", 1)
+    with pytest.raises(StoreError, match="has no version 9"):
+        rollback(layout, "m", 9)
+    assert second.version == 2
+
+
+def test_publishing_one_model_leaves_the_others_and_their_readers_alone(tmp_path):
+    store = tmp_path / "store"
+    publish_vectors(store, "ratings_model", TWO_D)
+    publish_vectors(store, "events_model", {"token": {"x": [1, 0], "y": [0, 1], "z": [1, 1]}})
+    reader = latentstore.connect(store)
+    before = reader.execute("SELECT key, vector FROM events_model.token ORDER BY key").fetchall()
+    publish_vectors(store, "ratings_model", TWO_D)
+    assert reader.execute("SELECT key, vector FROM events_model.token ORDER BY key").fetchall() == before
+    reader.close()
+    con = latentstore.connect(store)
+    assert dict(con.execute("SELECT model, version FROM models").fetchall()) == {"ratings_model": 2, "events_model": 1}
+    con.close()
+
+
+# -- retention ----------------------------------------------------------------------------------------
+
+HOLD_OPEN = r"""
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("SELECT version FROM meta").fetchone()[0], flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def test_retention_keeps_the_newest_and_never_a_file_a_reader_has_open(tmp_path):
+    store = tmp_path / "store"
+    layout = StoreLayout(store)
+    keep = {"keep_versions": 2}
+    publish_vectors(store, "m", TWO_D, publish=keep)
+    reader = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(layout.version_file("m", 1)), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "1"  # v1 is open in another process
+    try:
+        publish_vectors(store, "m", TWO_D, publish=keep)
+        third = publish_vectors(store, "m", TWO_D, publish=keep)
+        assert third.retention == {"removed": [], "open": [1], "grace": []}
+        assert layout.version_file("m", 1).is_file()
+    finally:
+        reader.kill()
+        reader.wait()
+    fourth = publish_vectors(store, "m", TWO_D, publish=keep)
+    assert fourth.retention["removed"] == [1, 2]
+    assert sorted(p.name for p in layout.model_dir("m").glob("*.duckdb")) == ["v000003.duckdb", "v000004.duckdb"]
+    con = latentstore.connect(store)
+    rows = con.execute("SELECT version, retained, is_current FROM versions ORDER BY version").fetchall()
+    removed = [v for (v,) in con.execute("SELECT version FROM registry_events WHERE event = 'removed' ORDER BY version")
+               .fetchall()]
+    con.close()
+    assert rows == [(1, False, False), (2, False, False), (3, True, False), (4, True, True)]
+    assert removed == [1, 2]  # records stay: lineage is kept even when the file goes
+    from jobs.publish.job import rollback
+
+    with pytest.raises(StoreError, match="was removed by retention"):
+        rollback(layout, "m", 1)
+    with pytest.raises(StoreError, match="version 1 was removed by retention"):
+        latentstore.open_store(store, versions={"m": 1})
+
+
+def test_retention_waits_out_the_grace_period_and_never_removes_the_current_version(tmp_path):
+    store = tmp_path / "store"
+    slow = {"keep_versions": 1, "retention_grace_seconds": 3600}
+    publish_vectors(store, "m", TWO_D, publish=slow)
+    second = publish_vectors(store, "m", TWO_D, publish=slow)
+    assert second.retention == {"removed": [], "open": [], "grace": [1]}
+    from jobs.publish import retention
+    from jobs.publish.job import rollback
+
+    rollback(StoreLayout(store), "m", 1)  # v1 current again: the newest (v2) and the current one (v1) stay
+    assert retention.apply(StoreLayout(store), "m", keep=1, grace_seconds=0) == {"removed": [], "open": [],
+                                                                                 "grace": []}
+    third = publish_vectors(store, "m", TWO_D, publish={"keep_versions": 1})  # no grace: both may go now
+    assert third.retention["removed"] == [1, 2] and third.version == 3
+
+
+# -- the CLI --------------------------------------------------------------------------------------------
+
+def test_versions_lists_metrics_drift_gate_and_retention(tmp_path):
+    store = tmp_path / "store"
+    publish_vectors(store, "m", TWO_D, metric=0.8)
+    publish_vectors(store, "m", TWO_D, metric=0.79)
+    result = subprocess.run([sys.executable, "-m", "latentstore.cli", "versions", "--store", str(store), "-f", "json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["model"], r["version"], r["metric"], r["gate"], r["current"], r["retained"]) for r in rows] == [
+        ("m", 1, "valid_rmse 0.8000", "no floor", False, True), ("m", 2, "valid_rmse 0.7900", "tolerance", True, True)]
+    assert rows[0]["drift: overlap@10 +new -removed"] is None
+    assert rows[1]["drift: overlap@10 +new -removed"] == "item 1.00 +0% -0%"
