@@ -32,11 +32,16 @@ def _labels(store: Store, path: str, key_column: str, label_column: str | None,
         raise StoreError(f"labels file not found: {path}")
     reader = "read_parquet" if path.endswith(".parquet") else "read_csv"
     columns = [c for c in (key_column, label_column, title_column) if c]
-    selected = ", ".join(f'CAST("{c}" AS VARCHAR)' for c in columns)
     try:
-        table = store.con.execute(f"SELECT {selected} FROM {reader}(?)", [path]).fetchall()
-    except Exception as exc:  # a missing column or an unreadable file, named by DuckDB
+        present = [r[0] for r in store.con.execute(f"DESCRIBE SELECT * FROM {reader}(?)", [path]).fetchall()]
+    except Exception as exc:  # unreadable: DuckDB says why
         raise StoreError(f"{path}: {str(exc).splitlines()[0]}") from None
+    for option, column in (("--key-column", key_column), ("--label-column", label_column),
+                           ("--title-column", title_column)):
+        if column and column not in present:
+            raise StoreError(f"{path}: no column {column!r} ({option}); its columns are: {', '.join(present)}")
+    selected = ", ".join(f'CAST("{c}" AS VARCHAR)' for c in columns)
+    table = store.con.execute(f"SELECT {selected} FROM {reader}(?)", [path]).fetchall()
     out = {}
     for row in table:
         values = dict(zip(columns, row))
