@@ -111,11 +111,14 @@ class Store:
         return self._exact(table, vector, k, min_count, exclude)
 
     def _candidates(self, table: Table, vector: list[float], fetch: int) -> list[tuple]:
-        """Nearest ``fetch`` rows through the HNSW index (no WHERE: vss cannot filter inside its scan)."""
-        cast = f"$1::FLOAT[{table.dim}]"
-        return self.con.execute(
-            f"SELECT key, array_cosine_distance(vector, {cast}) AS distance, count FROM {table.name} "
-            f"ORDER BY array_cosine_distance(vector, {cast}) LIMIT $2", [vector, fetch]).fetchall()
+        """Nearest ``fetch`` rows through the HNSW index on ``unit`` (inner product of unit vectors = cosine;
+        no WHERE: vss cannot filter inside its scan)."""
+        score = f"array_negative_inner_product(unit, $1::FLOAT[{table.dim}])"
+        query = unit(np.asarray([vector], dtype=np.float32))[0].tolist()
+        # the projection must be exactly the ORDER BY expression for vss to use its index
+        rows = self.con.execute(f"SELECT key, {score} AS score, count FROM {table.name} ORDER BY {score} LIMIT $2",
+                                [query, fetch]).fetchall()
+        return [(key, 1.0 + score_value, count) for key, score_value, count in rows]
 
     def _exact(self, table: Table, vector: list[float], k: int, min_count: int, exclude: set[str]) -> list[tuple]:
         cast = f"$1::FLOAT[{table.dim}]"

@@ -100,46 +100,17 @@ def read_parquet_dir(path: Path):
 def publish_vectors(store: Path, model: str, tables: dict[str, dict[str, list[float]]], metric: float | None = 1.0,
                     metric_name: str = "valid_rmse", direction: str = "minimize", validation_set: str = "set-1",
                     counts: dict[str, int] | None = None, publish: dict | None = None, force: bool = False):
-    """Publish hand-made vectors as the next version of ``model`` through the real publish job.
-
-    ``tables``: entity -> {key: vector}. Writes a minimal snapshot (vocabularies) and run (vectors)
-    beside the store; ``validation_set`` stands for the snapshot's content key (the gate compares it)."""
+    """Publish hand-made vectors (entity -> {key: vector}) as the next version of ``model`` (real publish job)."""
     import uuid
-    from datetime import UTC, datetime
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import numpy as np
 
     from jobs.publish.config import PublishConfig
-    from jobs.publish.job import run
-    from schemas.snapshot import Counts, Manifest, VocabStats, vocab_dir
+    from jobs.publish.external import Vectors, publish_external
 
-    work = store.parent / "handmade" / uuid.uuid4().hex[:12]
-    snapshot, run_dir = work / "snapshot", work / "run"
-    entities, vocab = {}, {}
-    for entity, vectors in tables.items():
-        keys = list(vectors)
-        (snapshot / vocab_dir(entity)).mkdir(parents=True)
-        pq.write_table(pa.table({"key": keys, "index": pa.array(range(1, len(keys) + 1), pa.int32()),
-                                 "count": pa.array([(counts or {}).get(k, 1) for k in keys], pa.int64())}),
-                       snapshot / vocab_dir(entity) / "part-0.parquet")
-        dim = len(next(iter(vectors.values())))
-        flat = [float(x) for v in vectors.values() for x in v]
-        (run_dir / "vectors").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"index": pa.array(range(1, len(keys) + 1), pa.int32()),
-                                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
-                                 "bias": pa.array([0.0] * len(keys), pa.float32())}),
-                       run_dir / "vectors" / f"{entity}.parquet")
-        entities[entity] = {"rows": len(keys), "dim": dim, "vocab": entity, "space": "test", "bias": True}
-        vocab[entity] = VocabStats(size=len(keys) + 1, keys=len(keys), new_keys=len(keys), rare_keys=0)
-    result = {"run_id": uuid.uuid4().hex[:16], "model": "mf", "config": {}, "params": {"dim": dim},
-              "entities": entities, "metrics": {metric_name: metric},
-              "primary_metric": {"name": metric_name, "value": metric, "direction": direction},
-              "code_version": "test", "runtime": {}}
-    zero = Counts(read=0, kept=0, quarantined=0, duplicates=0, superseded=0, quarantine_reasons={}, train=0, valid=0)
-    manifest = Manifest(snapshot_id=uuid.uuid4().hex[:16], content_key=validation_set, dataset=model, parent=None,
-                        created_at=datetime.now(UTC).isoformat(), input_format="parquet", input_files=[],
-                        input_fingerprint="handmade", data_config={}, counts=zero, vocab=vocab, rating_range=None,
-                        split={}, code_version="test", spark={})
+    arrays = {entity: Vectors(list(v), np.array(list(v.values()), np.float32),
+                              np.array([(counts or {}).get(k, 1) for k in v], np.int64))
+              for entity, v in tables.items()}
     cfg = PublishConfig(**{"retention_grace_seconds": 0, **(publish or {})})
-    return run(cfg, model, StoreLayout(store), run_dir, result, snapshot, manifest, force=force)
+    return publish_external(StoreLayout(store), model, arrays, store.parent / "handmade" / uuid.uuid4().hex[:12], cfg,
+                            metric, metric_name, direction, validation_set, force)

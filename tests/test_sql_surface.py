@@ -86,20 +86,23 @@ def test_hnsw_fast_path_is_used_where_promised(con, published_store):
     entities = summary["publish"]["entities"]
     assert entities["user"]["hnsw"] and not entities["item"]["hnsw"]
     key = con.execute("SELECT key FROM shop.user ORDER BY key LIMIT 1").fetchone()[0]
-    con.execute("SET VARIABLE q = (SELECT vector FROM shop.user WHERE key = ?)", [key])
+    vector, unit = con.execute("SELECT vector, unit FROM shop.user WHERE key = ?", [key]).fetchone()
+    assert unit == pytest.approx((np.array(vector) / np.linalg.norm(vector)).tolist(), abs=1e-6)
+    con.execute("SET VARIABLE q = (SELECT unit FROM shop.user WHERE key = ?)", [key])
     two_step = "SELECT key, distance FROM shop_user_nearest(getvariable('q'), k := 11) WHERE key <> '" + key + "'"
     assert "HNSW_INDEX_SCAN" in _plan(con, two_step)
-    # exact search on the same table (and on the view) agrees with the index on this data
+    # exact cosine search on the raw vectors agrees with the index on this data, distances included
     exact = con.execute(
-        "SELECT key FROM shop.user WHERE key <> ? ORDER BY array_cosine_distance(vector, getvariable('q')), key LIMIT 10",
-        [key],
+        "SELECT key, array_cosine_distance(vector, ?::FLOAT[8]) AS d FROM shop.user WHERE key <> ? ORDER BY d, key "
+        "LIMIT 10", [vector, key],
     ).fetchall()
     fast = con.execute(two_step + " LIMIT 10").fetchall()
-    assert len({k for (k,) in exact} & {k for k, _ in fast}) >= 9
+    assert len({k for k, _ in exact} & {k for k, _ in fast}) >= 9
+    assert [d for _, d in fast] == pytest.approx([d for _, d in exact], abs=1e-5)
     # pitfalls the docs warn about: a key subquery inside ORDER BY, or the view, skips the index
     assert "HNSW_INDEX_SCAN" not in _plan(
-        con, "SELECT key FROM shop.user ORDER BY array_cosine_distance(vector, "
-        "(SELECT vector FROM shop.user WHERE key = 'x')) LIMIT 5"
+        con, "SELECT key FROM shop.user ORDER BY array_negative_inner_product(unit, "
+        "(SELECT unit FROM shop.user WHERE key = 'x')) LIMIT 5"
     )
     assert "HNSW_INDEX_SCAN" not in _plan(con, "SELECT * FROM shop_item_nearest(getvariable('q')::FLOAT[8], k := 5)")
 

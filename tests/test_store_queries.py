@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -45,8 +44,9 @@ def test_a_filtered_top_k_returns_k_rows_where_the_index_alone_returns_fewer(sto
     key = store.con.execute("SELECT key FROM shop.user WHERE count < ? ORDER BY key LIMIT 1", [threshold]).fetchone()[0]
     vector = store.vector("shop", "user", key).tolist()
     # the pitfall: vss's index scan applies the WHERE after taking its k candidates
-    naive = store.con.execute("SELECT key FROM shop.user WHERE count >= $2 ORDER BY array_cosine_distance(vector, "
-                              "$1::FLOAT[8]) LIMIT 10", [vector, threshold]).fetchall()
+    unit = (np.array(vector) / np.linalg.norm(vector)).tolist()
+    naive = store.con.execute("SELECT key FROM shop.user WHERE count >= $2 ORDER BY array_negative_inner_product(unit, "
+                              "$1::FLOAT[8]) LIMIT 10", [unit, threshold]).fetchall()
     assert len(naive) < 10
     got = store.similar("shop", "user", key, k=10, min_count=threshold)
     assert len(got) == 10 and all(count >= threshold for _, _, count in got)
@@ -61,8 +61,9 @@ def test_hnsw_recall_against_exact_and_explain_shows_the_index(store):
         found += len(fast & set(_exact(store, "user", key, 10)))
         total += 10
     assert found / total >= 0.95, found / total
-    plan = "\n".join(r[1] for r in store.con.execute(
-        "EXPLAIN SELECT key FROM shop.user ORDER BY array_cosine_distance(vector, $1::FLOAT[8]) LIMIT $2",
+    score = "array_negative_inner_product(unit, $1::FLOAT[8])"
+    plan = "\n".join(r[1] for r in store.con.execute(  # the Store's query form
+        f"EXPLAIN SELECT key, {score} AS score, count FROM shop.user ORDER BY {score} LIMIT $2",
         [store.vector("shop", "user", keys[0]).tolist(), 11]).fetchall())
     assert "HNSW_INDEX_SCAN" in plan
     exact_plan = "\n".join(r[1] for r in store.con.execute(

@@ -1,10 +1,13 @@
 """Build one immutable DuckDB version file: a table per entity plus ``meta``.
 
-Each entity table: ``key VARCHAR`` (the original id), ``vector FLOAT[dim]``,
-``bias FLOAT`` (NULL when the model has none for the table), ``count BIGINT``
-(the key's rows in the snapshot: ratings or events), ``idx INTEGER`` (the dense
-index), a unique ART index on ``key`` and, at ``hnsw_min_rows`` rows or more, an
-HNSW index (cosine) on ``vector``. A table's keys come from the vocabulary the
+Each entity table: ``key VARCHAR`` (the original id), ``vector FLOAT[dim]`` (the
+learned vector), ``unit FLOAT[dim]`` (the same scaled to length 1), ``bias FLOAT``
+(NULL when the model has none for the table), ``count BIGINT`` (the key's rows in
+the snapshot: ratings or events), ``idx INTEGER`` (the dense index), a unique ART
+index on ``key`` and, at ``hnsw_min_rows`` rows or more, an HNSW index on ``unit``
+with the inner-product metric: on unit vectors the inner product is the cosine,
+and vss builds it about 30% faster than a cosine index on raw vectors (measured
+here at 200k x 64: 14.5-15.6 s against 21-23 s). A table's keys come from the vocabulary the
 training result names for it (``next_token`` uses the ``token`` keys). The
 reserved unknown index 0 is not published, nor a key the model has no vector
 for (e.g. a user whose recent events are all unknown tokens).
@@ -42,8 +45,11 @@ def build_version_file(
             con.execute(
                 f"""
                 CREATE TABLE "{table}" AS
-                SELECT v.key::VARCHAR AS key, x.vector::FLOAT[{dim}] AS vector, x.bias::FLOAT AS bias,
-                       v.count::BIGINT AS count, v.index::INTEGER AS idx
+                SELECT v.key::VARCHAR AS key, x.vector::FLOAT[{dim}] AS vector,
+                       (CASE WHEN list_dot_product(x.vector, x.vector) > 0
+                             THEN list_transform(x.vector, e -> e / sqrt(list_dot_product(x.vector, x.vector)))
+                             ELSE x.vector END)::FLOAT[{dim}] AS unit,
+                       x.bias::FLOAT AS bias, v.count::BIGINT AS count, v.index::INTEGER AS idx
                 FROM read_parquet($vocab) v JOIN read_parquet($vectors) x ON x.index = v.index
                 WHERE v.index <> $unknown
                 ORDER BY v.index
@@ -60,8 +66,8 @@ def build_version_file(
             if hnsw:
                 started = time.perf_counter()
                 con.execute(
-                    f'CREATE INDEX "{table}_hnsw" ON "{table}" USING HNSW (vector) '
-                    f"WITH (metric = 'cosine', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
+                    f'CREATE INDEX "{table}_hnsw" ON "{table}" USING HNSW (unit) '
+                    f"WITH (metric = 'ip', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
                 )
                 log.info("HNSW index on %s.%s: %d rows in %.1fs", meta["model"], table, rows, time.perf_counter() - started)
             entities[entity] = {"table": table, "rows": rows, "dim": dim, "hnsw": hnsw, "vocab": vocab,

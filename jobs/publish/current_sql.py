@@ -16,8 +16,10 @@ TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
   ``recommend(model, user_key, k)``: an ``mf`` model's predicted ratings;
   ``next_events(model, user_key, k)``: a ``gru`` model's next-event scores and
   probabilities (softmax over the published tokens).
-- ``<model>_<entity>_nearest(vector, k)``: the HNSW fast path on the model's own
-  table (vss only uses the index on a base table with a constant query vector).
+- ``<model>_<entity>_nearest(unit_vector, k)``: the HNSW fast path on the model's own
+  table, for a vector of length 1 (a key's ``unit`` column): the index is on ``unit``
+  with the inner-product metric, and vss only uses it on a base table with a
+  constant query vector, so the query is not normalised inside the macro.
 """
 
 from __future__ import annotations
@@ -97,11 +99,13 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
                 f"bias, count, {int(record['version'])} AS version FROM {table}"
             )
             vector_type = f"FLOAT[{int(info['dim'])}]"
+            # vss recognises the index scan only when the projected expression is exactly the ORDER BY one:
+            # the distance (1 + score) is computed outside the inner query
+            score = f"array_negative_inner_product(unit, unit_vector::{vector_type})"
             macros.append(
-                f"CREATE OR REPLACE TEMP MACRO {model}_{entity}_nearest(query_vector, k := 10) AS TABLE\n"
-                f"  SELECT key, array_cosine_distance(vector, query_vector::{vector_type}) AS distance, bias, count\n"
-                f"  FROM {table}\n"
-                f"  ORDER BY array_cosine_distance(vector, query_vector::{vector_type}) LIMIT k;"
+                f"CREATE OR REPLACE TEMP MACRO {model}_{entity}_nearest(unit_vector, k := 10) AS TABLE\n"
+                f"  SELECT key, 1 + score AS distance, bias, count FROM (\n"
+                f"    SELECT key, {score} AS score, bias, count FROM {table} ORDER BY {score} LIMIT k);"
             )
     lines.append("CREATE OR REPLACE TEMP VIEW embeddings AS\n  " + "\n  UNION ALL ".join(embeddings) + ";")
     lines.append("CREATE OR REPLACE TEMP VIEW models AS\n  " + "\n  UNION ALL ".join(models) + ";")
