@@ -24,6 +24,11 @@ epochs = 2
 threads = 1
 [publish]
 hnsw_min_rows = 100
+[publish.map]
+entity = "item"
+labels = "item-labels.csv"
+key_column = "item"
+label_column = "shelf"
 """
 
 
@@ -35,6 +40,7 @@ def test_pipeline_flow_publishes_then_reuses_everything(prefect_harness, spark, 
 
     config = tmp_path / "flow.toml"
     config.write_text(CONFIG)
+    (tmp_path / "item-labels.csv").write_text("item,shelf\n" + "".join(f"i{i:02d},shelf{i % 3}|x\n" for i in range(60)))
     store = tmp_path / "store"
     state = pipeline(str(config), str(store), return_state=True)
     assert state.is_completed(), state.message
@@ -54,9 +60,13 @@ def test_pipeline_flow_publishes_then_reuses_everything(prefect_harness, spark, 
     assert con.execute("SELECT count(*) FROM flowdemo.item").fetchone()[0] == first["index"]["vocab"]["item"]["keys"]
     con.close()
 
+    map_file = store / "maps" / "flowdemo-v000001-item.png"
+    assert map_file.read_bytes()[:4] == b"\x89PNG" and model["publish"]["map"] == str(map_file)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowdemo-counts"])))
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["flowdemo-map"])))
     assert artifacts and artifacts[0].type == "table"
+    assert links and links[0].type == "markdown" and map_file.as_uri() in links[0].data
 
 
 def test_flow_fails_with_the_reason_and_publishes_nothing(prefect_harness, tmp_path):
