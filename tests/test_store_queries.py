@@ -156,8 +156,11 @@ def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path
                   "item", "--label-column", "cluster", "--title-column", "title", "--out", out)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-    from latentstore.plot import _labels
+    from latentstore.plot import _labels, draw
 
     with latentstore.open_store(root) as opened:
         labels = _labels(opened, str(multi), "item", "cluster", "title")
+        tsne = draw(opened, "shop", "item", tmp_path / "tsne.png", str(multi), "item", "cluster", method="tsne",
+                    sample=50, annotate=5)
     assert {label for label, _ in labels.values()} == {f"taste_{c}" for c in range(4)}  # "|second" dropped
+    assert tsne == {"file": str(tmp_path / "tsne.png"), "points": 50, "method": "tsne", "labels": 4, "labelled": 50}

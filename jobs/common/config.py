@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from schemas.errors import ConfigError
 
@@ -18,6 +18,15 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A relative local path resolved against the config file's folder (``base_dir`` in the validation
+    context); URLs (``s3a://...``) and absolute paths unchanged. For use in field validators."""
+    base = (info.context or {}).get("base_dir")
+    if value and base and "://" not in value and not Path(value).is_absolute():
+        return str((Path(base) / value).resolve())
+    return value
 
 
 def _as_written(loc: tuple, data: object) -> list[str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from jobs.common.config import StrictModel
+from jobs.common.config import StrictModel, resolve_path
 from schemas.events import ANY_TYPE, TYPE, log_edges, template_fields
 from schemas.store import check_name
 
@@ -131,13 +130,7 @@ class InputConfig(StrictModel):
     fingerprint: Literal["content", "metadata"] = "content"
     """content: sha256 of every file (exact); metadata: size and mtime (fast on huge inputs)."""
 
-    @field_validator("path")
-    @classmethod
-    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
-        base = (info.context or {}).get("base_dir")
-        if value and base and "://" not in value and not Path(value).is_absolute():
-            return str((Path(base) / value).resolve())
-        return value
+    _resolve = field_validator("path")(resolve_path)
 
     @model_validator(mode="after")
     def _one_source(self) -> "InputConfig":

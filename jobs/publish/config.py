@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-from jobs.common.config import StrictModel
+from jobs.common.config import StrictModel, resolve_path
 from schemas.store import check_name
 
 
@@ -51,13 +50,7 @@ class MapConfig(StrictModel):
     min_count: int = Field(0, ge=0)
     """Only keys seen at least this often (rare keys' vectors are mostly noise)."""
 
-    @field_validator("labels")
-    @classmethod
-    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
-        base = (info.context or {}).get("base_dir")
-        if value and base and "://" not in value and not Path(value).is_absolute():
-            return str((Path(base) / value).resolve())
-        return value
+    _resolve = field_validator("labels")(resolve_path)
 
 
 class PublishConfig(StrictModel):
