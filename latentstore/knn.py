@@ -58,6 +58,7 @@ class _Running:
 
     def offer(self, block: slice, scores: np.ndarray, first_row: int) -> None:
         """Merge a [queries of ``block``, tile] score matrix whose columns are rows ``first_row...``."""
+        np.nan_to_num(scores, copy=False, nan=-np.inf)  # a NaN is no score (it would also hide the tile's max)
         best, rows = self.scores[block], self.rows[block]
         live = np.flatnonzero(scores.max(axis=1) > best[:, 0])  # only queries the tile can improve
         if live.size == 0:
@@ -67,7 +68,7 @@ class _Running:
         part = np.argpartition(tile, tile.shape[1] - take, axis=1)[:, -take:]
         merged = np.concatenate([best[live], np.take_along_axis(tile, part, 1)], 1)
         merged_rows = np.concatenate([rows[live], part + first_row], 1)
-        keep = np.argsort(merged, axis=1, kind="stable")[:, -self.k:]
+        keep = np.lexsort((-merged_rows, merged), axis=1)[:, -self.k:]  # ascending; equal scores: smaller row kept
         best[live] = np.take_along_axis(merged, keep, 1)
         rows[live] = np.take_along_axis(merged_rows, keep, 1)
 

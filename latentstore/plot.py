@@ -79,6 +79,7 @@ def draw(store: Store, model: str, entity: str, out: Path, labels: str | None = 
         raise StoreError(f"{model}.{entity} has {rows.num_rows} keys with count >= {min_count}: too few to draw")
     keys, counts = rows.column("key").to_pylist(), rows.column("count").to_numpy()
     vectors = vectors_of(rows.column("vector"))
+    annotate = min(annotate, sample)
     if len(keys) > sample:  # the most frequent keys always, then a seeded sample of the rest
         rest = np.random.default_rng(seed).choice(np.arange(annotate, len(keys)), sample - annotate, replace=False)
         chosen = np.concatenate([np.arange(annotate), np.sort(rest)])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -164,3 +165,16 @@ def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path
                     sample=50, annotate=5)
     assert {label for label, _ in labels.values()} == {f"taste_{c}" for c in range(4)}  # "|second" dropped
     assert tsne == {"file": str(tmp_path / "tsne.png"), "points": 50, "method": "tsne", "labels": 4, "labelled": 50}
+    with latentstore.open_store(root) as opened:  # fewer points than the default 12 annotations
+        assert draw(opened, "shop", "item", tmp_path / "small.png", sample=10)["points"] == 10
+
+
+def test_batch_top_k_ignores_nan_vectors_and_breaks_ties_by_row():
+    from latentstore.knn import top_k
+
+    keys = pa.array(["a", "b", "nan", "d", "tie1", "tie2"])
+    vectors = np.array([[1, 0], [0.9, 0.1], [np.nan, np.nan], [0, 1], [0.5, 0.5], [0.5, 0.5]], np.float32)
+    found = top_k(np.array([[1.0, 0.0]], np.float32), [(keys, vectors)], 4)
+    assert found.keys == [["a", "b", "tie1", "tie2"]]  # the NaN row never hides the others
+    two_tiles = top_k(np.array([[1.0, 0.0]], np.float32), [(keys[:5], vectors[:5]), (keys[5:], vectors[5:])], 3)
+    assert two_tiles.keys == [["a", "b", "tie1"]]  # equal scores: the earlier row, whatever the batching

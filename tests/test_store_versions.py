@@ -128,6 +128,8 @@ def test_rollback_is_atomic_recorded_and_as_of_follows_it(tmp_path):
 
     at = datetime.fromtimestamp(before_rollback, UTC).isoformat()
     assert con.execute("SELECT version_at('m', ?)", [at]).fetchone()[0] == 2
+    naive = datetime.fromtimestamp(before_rollback, UTC).replace(tzinfo=None).isoformat(sep=" ")  # no zone: UTC
+    assert con.execute("SELECT version_at('m', ?)", [naive]).fetchone()[0] == 2
     assert con.execute("SELECT version_at('m', now())").fetchone()[0] == 1
     con.close()
     with latentstore.open_store(store, as_of=at) as past:
@@ -227,7 +229,55 @@ def test_versions_lists_metrics_drift_gate_and_retention(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [(r["model"], r["version"], r["metric"], r["gate"], r["current"], r["retained"]) for r in rows] == [
-        ("m", 1, "valid_rmse 0.8000", "no floor", False, True), ("m", 2, "valid_rmse 0.7900", "tolerance", True, True)]
+    assert [(r["model"], r["version"], r["metric"], r["gate"], r["status"]) for r in rows] == [
+        ("m", 1, "valid_rmse 0.8000", "no floor", "retained"), ("m", 2, "valid_rmse 0.7900", "tolerance", "current")]
     assert rows[0]["drift: overlap@10 +new -removed"] is None
     assert rows[1]["drift: overlap@10 +new -removed"] == "item 1.00 +0% -0%"
+
+
+# -- review fixes: names, macros, unknown metrics, event order ------------------------------------------------
+
+def test_sql_keywords_and_colliding_macro_names_are_refused_before_anything_is_written(tmp_path):
+    from schemas.errors import ConfigError
+    from schemas.store import check_name
+
+    for name in ("order", "group", "table", "information_schema"):
+        with pytest.raises(ValueError, match="keyword|reserved"):
+            check_name(name, "model")
+    store = tmp_path / "store"
+    publish_vectors(store, "shop", {"next_token": TWO_D["item"]})
+    with pytest.raises(ConfigError, match=r"shop_next_token_nearest \(shop_next\.token and shop\.next_token\)"):
+        publish_vectors(store, "shop_next", {"token": TWO_D["item"]})
+    assert not StoreLayout(store).model_dir("shop_next").exists()
+
+
+def test_an_unknown_metric_never_passes_the_gate(tmp_path):
+    store = tmp_path / "store"
+    publish_vectors(store, "m", TWO_D, metric=0.8)
+    for unknown in (None, float("nan")):
+        with pytest.raises(GateRefused, match=r"valid_rmse of the new version is unknown"):
+            publish_vectors(store, "m", TWO_D, metric=unknown)
+    with pytest.raises(GateRefused, match=r"first publish; valid_rmse is unknown \(nan\), floor 1"):
+        publish_vectors(store, "n", TWO_D, metric=float("nan"), publish={"gate": {"floors": {"n": 1.0}}})
+
+
+def test_vectors_with_nan_are_refused_at_build(tmp_path):
+    store = tmp_path / "store"
+    with pytest.raises(StoreError, match="item: 1 of 4 vectors have NaN or infinite values; nothing published"):
+        publish_vectors(store, "m", {"item": {**TWO_D["item"], "d": [float("nan"), 1.0]}})
+    assert not StoreLayout(store).pointer_file("m").exists()
+
+
+def test_event_times_strictly_increase_even_if_the_clock_goes_back(tmp_path):
+    from datetime import UTC, datetime
+
+    from jobs.publish.registry import append_event
+
+    layout = StoreLayout(tmp_path / "store")
+    layout.registry_events.mkdir(parents=True)
+    (layout.registry_events / "29991231T235959999999Z-m-publish-0.json").write_text(
+        json.dumps({"at": "2999-12-31T23:59:59.999999+00:00", "model": "m", "event": "publish", "from_version": None,
+                    "to_version": 1, "version": 1, "run_id": None, "details": {}}))
+    record = append_event(layout, "m", "rollback", from_version=1, to_version=1)
+    assert datetime.fromisoformat(record["at"]) > datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert [e["event"] for e in events(layout, "m")] == ["publish", "rollback"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.publish.config import PublishConfig
 from latentstore.duck import connect
+from schemas.errors import StoreError
 from schemas.snapshot import vocab_dir
 from schemas.store import check_name
 from schemas.vocab import UNKNOWN_INDEX
@@ -60,7 +61,11 @@ def build_version_file(
                     "unknown": UNKNOWN_INDEX,
                 },
             )
-            rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            rows, broken = con.execute(
+                f'SELECT count(*), count(*) FILTER (WHERE list_bool_or(list_transform(vector, e -> isnan(e) OR isinf(e)))) '
+                f'FROM "{table}"').fetchone()
+            if broken:
+                raise StoreError(f"{entity}: {broken} of {rows} vectors have NaN or infinite values; nothing published")
             con.execute(f'CREATE UNIQUE INDEX "{table}_key" ON "{table}" (key)')
             hnsw = rows >= cfg.hnsw_min_rows
             if hnsw:

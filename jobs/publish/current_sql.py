@@ -6,8 +6,9 @@ TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
 
 - ``embeddings(model, entity, key, vector FLOAT[], bias, count, version)``: every current table.
 - ``models``: one row per attached model (version, run, snapshot, output range, tables).
-- ``versions``: every published version from the registry, with ``is_current`` and ``retained``
-  (its file still exists), the gate decision and the drift from the version it replaced.
+- ``versions``: every published version from the registry, with ``is_current``, ``retained``
+  (its file still exists) and ``status`` (current, retained, removed, abandoned), the gate
+  decision and the drift from the version it replaced.
 - ``registry_events``: every event (publish, rollback, recovered, refused, removed);
   ``pointer_events``: the ones that moved a pointer.
 - ``version_at(model, at)``: the version that was current at a time (rollbacks included).
@@ -63,6 +64,19 @@ _EVENT_COLUMNS = {
 }
 
 
+def nearest_macro(model: str, entity: str) -> str:
+    """Name of a table's HNSW fast-path macro."""
+    return f"{model}_{entity}_nearest"
+
+
+def macro_clashes(records: dict[str, dict], model: str, entities: list[str]) -> list[str]:
+    """Macro names ``model``'s tables would share with another model's (``shop`` + ``next_token`` and
+    ``shop_next`` + ``token`` both make ``shop_next_token_nearest``)."""
+    taken = {nearest_macro(m, e): f"{m}.{e}" for m, r in records.items() if m != model for e in r["entities"]}
+    return [f"{nearest_macro(model, e)} ({model}.{e} and {taken[nearest_macro(model, e)]})"
+            for e in entities if nearest_macro(model, e) in taken]
+
+
 def literal(text: str) -> str:
     """A SQL string literal (single quotes doubled)."""
     return "'" + text.replace("'", "''") + "'"
@@ -82,10 +96,14 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
         "SET autoinstall_known_extensions = false;",
         f"SET extension_directory = {literal(str(store.extensions))};",
         "LOAD vss;",
+        "SET TimeZone = 'UTC';  -- times without a zone are UTC, as in the Python client",
     ]
     embeddings, models = [], []
     macros = []
     for model, record in sorted(current.items()):
+        clashes = macro_clashes(current, model, list(record["entities"]))
+        if clashes:
+            raise ValueError(f"SQL macro names collide: {'; '.join(clashes)}")  # publish checks this first
         check_name(model, "model")
         path = store.root / record["file"]
         lines.append(f"ATTACH IF NOT EXISTS {literal(str(path))} AS {model} (READ_ONLY);")
@@ -103,7 +121,7 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
             # the distance (1 + score) is computed outside the inner query
             score = f"array_negative_inner_product(unit, unit_vector::{vector_type})"
             macros.append(
-                f"CREATE OR REPLACE TEMP MACRO {model}_{entity}_nearest(unit_vector, k := 10) AS TABLE\n"
+                f"CREATE OR REPLACE TEMP MACRO {nearest_macro(model, entity)}(unit_vector, k := 10) AS TABLE\n"
                 f"  SELECT key, 1 + score AS distance, bias, count FROM (\n"
                 f"    SELECT key, {score} AS score, bias, count FROM {table} ORDER BY {score} LIMIT k);"
             )
@@ -116,14 +134,18 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
     files_glob = literal(str(store.models / "*" / "*.duckdb"))
     root = literal(str(store.root) + "/")
     lines += [
-        "CREATE OR REPLACE TEMP VIEW versions AS\n"
-        f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current, f.file IS NOT NULL AS retained\n"
-        f"  FROM read_json({versions_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)}) r\n"
-        f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model\n"
-        f"  LEFT JOIN glob({files_glob}) f ON f.file = {root} || r.file;",
         "CREATE OR REPLACE TEMP VIEW registry_events AS\n"
         '  SELECT "at" AS event_time, model, event, from_version, to_version, version, run_id, details\n'
         f"  FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
+        "CREATE OR REPLACE TEMP VIEW versions AS\n"
+        f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current, f.file IS NOT NULL AS retained,\n"
+        "         CASE WHEN r.version = c.current_version THEN 'current' WHEN a.version IS NOT NULL THEN 'abandoned'\n"
+        "              WHEN f.file IS NULL THEN 'removed' ELSE 'retained' END AS status\n"
+        f"  FROM read_json({versions_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)}) r\n"
+        f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model\n"
+        f"  LEFT JOIN glob({files_glob}) f ON f.file = {root} || r.file\n"
+        "  LEFT JOIN (SELECT DISTINCT model, version FROM registry_events WHERE event = 'abandoned') a\n"
+        "    ON a.model = r.model AND a.version = r.version;",
         "CREATE OR REPLACE TEMP VIEW pointer_events AS\n"
         "  SELECT event_time, model, event, from_version, to_version, run_id, details FROM registry_events\n"
         "  WHERE to_version IS NOT NULL;",

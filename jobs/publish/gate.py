@@ -13,6 +13,7 @@ version record says it was forced.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from jobs.publish.config import GateConfig
@@ -38,14 +39,25 @@ def _worse(direction: str, value: float, than: float) -> float:
     return value - than if direction == "minimize" else than - value
 
 
+def _known(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def decide(cfg: GateConfig, model: str, metric: dict, validation_set: str, current: dict | None) -> Decision:
-    """``metric``: {"name", "value", "direction"} of the new version; ``current``: the current version's record."""
+    """``metric``: {"name", "value", "direction"} of the new version; ``current``: the current version's record.
+
+    A missing or non-finite value (no validation data, or a NaN) is unknown: it never passes a
+    comparison with a validated current version, nor a floor."""
     name, value, direction = metric["name"], metric["value"], metric["direction"]
     if not cfg.enabled:
         return Decision(True, "disabled", "the gate is disabled (publish.gate.enabled = false)", name, value)
     comparable = (current is not None and current.get("validation_set") == validation_set
-                  and current.get("metric_name") == name and current.get("metric_value") is not None)
-    if comparable and value is not None:
+                  and current.get("metric_name") == name and _known(current.get("metric_value")))
+    if comparable and not _known(value):
+        return Decision(False, "tolerance", f"{name} of the new version is unknown ({value}); the current "
+                        f"{model} {version_name(current['version'])} has {current['metric_value']:.6g} on the same "
+                        "validation set", name, value, current["version"])
+    if comparable:
         reference = current["metric_value"]
         allowed = cfg.tolerance * abs(reference)
         limit = reference + allowed if direction == "minimize" else reference - allowed
@@ -61,8 +73,8 @@ def decide(cfg: GateConfig, model: str, metric: dict, validation_set: str, curre
     why = "first publish" if current is None else "no comparable current version (another validation set)"
     if floor is None:
         return Decision(True, "no floor", f"{why}; no floor set for {model} (publish.gate.floors)", name, value)
-    if value is None:
-        return Decision(False, "floor", f"{why}; {name} is unknown (no validation data), floor {floor:g}",
+    if not _known(value):
+        return Decision(False, "floor", f"{why}; {name} is unknown ({value}), floor {floor:g}",
                         name, value, limit=floor)
     if _worse(direction, value, floor) > 0:
         return Decision(False, "floor", f"{why}; {name} {value:.6g} is worse than the floor {floor:g} "

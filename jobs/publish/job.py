@@ -31,7 +31,7 @@ from jobs.common.files import atomic_write_text, read_json
 from jobs.common.version import git_commit
 from jobs.publish import gate, retention
 from jobs.publish.config import PublishConfig
-from jobs.publish.current_sql import render
+from jobs.publish.current_sql import macro_clashes, render
 from jobs.publish.lock import writer_lock
 from jobs.publish.recovery import recover
 from jobs.publish.registry import (
@@ -46,7 +46,7 @@ from jobs.publish.registry import (
     write_version_record,
 )
 from latentstore.duck import install_vss
-from schemas.errors import GateRefused, StoreError
+from schemas.errors import ConfigError, GateRefused, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout, check_name, version_name
 
@@ -95,6 +95,7 @@ def run(
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
         current_record = read_json(store.version_record(model, current)) if current is not None else None
+        _check_macro_names(store, model, list(result["entities"]))
         decision = gate.decide(cfg.gate, model, result["primary_metric"], manifest.content_key, current_record)
         if not decision.passed and not force:
             append_event(store, model, "refused", from_version=current, run_id=result["run_id"],
@@ -190,6 +191,15 @@ def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest,
     write_version_record(store, record)
     pause_point("publish:recorded")
     return record
+
+
+def _check_macro_names(store: StoreLayout, model: str, entities: list[str]) -> None:
+    """Refuse, before anything is written, a model whose tables' SQL macros would replace another model's."""
+    records = {m: read_json(store.version_record(m, v)) for m, v in pointers(store).items()}
+    clashes = macro_clashes(records, model, entities)
+    if clashes:
+        raise ConfigError(f"model {model!r} cannot be published next to the store's models: its SQL macro names "
+                          f"would collide ({'; '.join(clashes)}); rename the model")
 
 
 def _entity_summary(record: dict) -> str:

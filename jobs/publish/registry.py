@@ -6,7 +6,9 @@ Records are one file each, written atomically and never rewritten, so readers
 - ``publish`` / ``rollback`` / ``recovered``: the pointer moved (``from_version`` -> ``to_version``);
   ``recovered`` is written by the next writer when a crash lost the event of a switch;
 - ``refused``: the quality gate refused a version (``details`` say why); nothing changed;
-- ``removed``: retention deleted a version's file (``version``); its record stays.
+- ``removed``: retention deleted a version's file (``version``); its record stays;
+- ``abandoned``: a publish killed before its switch; recovery deleted its file, its record (if
+  written) stays, and its number is never used again.
 
 A model's pointer history is its pointer events in time order: the version
 current at a time is the ``to_version`` of the last one at or before it.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from jobs.common.faults import pause_point
@@ -39,8 +41,8 @@ def ensure_format(store: StoreLayout) -> None:
 
 
 def known_versions(store: StoreLayout, model: str) -> list[int]:
-    """Every version number used by a file or a record (orphans included)."""
-    numbers = set()
+    """Every version number ever used: by a file, a record or an event (abandoned ones included)."""
+    numbers = {e["version"] for e in events(store, model) if e.get("version") is not None}
     for directory in (store.model_dir(model), store.registry_versions / model):
         if directory.is_dir():
             for path in directory.iterdir():
@@ -88,11 +90,25 @@ def pointers(store: StoreLayout) -> dict[str, int]:
 POINTER_EVENTS = ("publish", "rollback", "recovered")
 
 
+_EVENT_TIME = "%Y%m%dT%H%M%S%fZ"  # event file names start with their time: sorted names are time order
+
+
+def _next_event_time(store: StoreLayout) -> datetime:
+    """Now, or just after the newest event if the clock went back: event times strictly increase."""
+    now = datetime.now(UTC)
+    names = [p.name for p in store.registry_events.glob("*.json")] if store.registry_events.is_dir() else []
+    if names:
+        last = datetime.strptime(max(names)[:22], _EVENT_TIME).replace(tzinfo=UTC)
+        if now <= last:
+            now = last + timedelta(microseconds=1)
+    return now
+
+
 def append_event(store: StoreLayout, model: str, event: str, *, from_version: int | None = None,
                  to_version: int | None = None, version: int | None = None, run_id: str | None = None,
-                 details: dict | None = None, at: datetime | None = None) -> dict:
-    """Write one event record (a new file; never rewritten)."""
-    at = at or datetime.now(UTC)
+                 details: dict | None = None) -> dict:
+    """Write one event record (a new file; never rewritten); call under the writer lock."""
+    at = _next_event_time(store)
     record = {
         "at": at.isoformat(timespec="microseconds"),
         "model": model,
@@ -103,7 +119,7 @@ def append_event(store: StoreLayout, model: str, event: str, *, from_version: in
         "run_id": run_id,
         "details": details or {},
     }
-    name = f"{at.strftime('%Y%m%dT%H%M%S%fZ')}-{model}-{event}-{uuid.uuid4().hex[:8]}.json"
+    name = f"{at.strftime(_EVENT_TIME)}-{model}-{event}-{uuid.uuid4().hex[:8]}.json"
     atomic_write_json(store.registry_events / name, record)
     return record
 
@@ -124,8 +140,8 @@ def events(store: StoreLayout, model: str | None = None) -> list[dict]:
     """Event records in time order (all models when ``model`` is None)."""
     if not store.registry_events.is_dir():
         return []
-    records = [read_json(p) for p in store.registry_events.glob("*.json")]
-    return sorted((r for r in records if model is None or r["model"] == model), key=lambda r: r["at"])
+    records = [read_json(p) for p in sorted(store.registry_events.glob("*.json"))]  # names sort by time
+    return [r for r in records if model is None or r["model"] == model]
 
 
 def pointer_history(store: StoreLayout, model: str) -> list[dict]:

@@ -11,8 +11,11 @@ A version file is removed only when all of these hold:
 
 A file still open is kept and retried on the next publish. Its registry record
 stays (the registry is append-only); a ``removed`` event records the removal.
-Runs under the store's writer lock, in a process holding no DuckDB connection to
-the file (closing any descriptor of a file drops the process's locks on it).
+Runs under the store's writer lock. The open-file test sees other processes only:
+POSIX record locks belong to a process, so a process that both reads the store and
+publishes does not protect its own open readers (and closing any descriptor of a
+file drops the process's locks on it); the grace period covers such readers, and the
+publish job itself holds no connection to a version file when retention runs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs.common.faults import pause_point
-from jobs.publish.registry import append_event, current_version, known_versions, non_current_since
+from jobs.publish.registry import (
+    append_event,
+    current_version,
+    known_versions,
+    non_current_since,
+    pointer_history,
+)
 from schemas.store import StoreLayout, version_name
 
 log = logging.getLogger(__name__)
@@ -52,13 +61,14 @@ def apply(store: StoreLayout, model: str, keep: int | None, grace_seconds: float
     if keep is None:
         return outcome
     current = current_version(store, model)
-    files = [v for v in known_versions(store, model) if store.version_file(model, v).is_file()]
-    protected = set(sorted(files)[-keep:]) | {current}
+    ever_current = {e["to_version"] for e in pointer_history(store, model)}
+    files = [v for v in known_versions(store, model) if v in ever_current and store.version_file(model, v).is_file()]
+    protected = set(sorted(files)[-keep:]) | {current}  # never-current orphans are recovery's, not counted
     now = datetime.now(UTC)
     for version in sorted(set(files) - protected):
         since = non_current_since(store, model, version)
         if since is None:
-            continue  # never current: an orphan, which recovery removes
+            continue
         if (now - since).total_seconds() < grace_seconds:
             outcome["grace"].append(version)
             continue

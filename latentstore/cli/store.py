@@ -16,8 +16,7 @@ SELECT model, version, strftime(created_at, '%Y-%m-%d %H:%M') AS created, snapsh
                           || ' +' || printf('%.0f', 100 * (t.value->>'new_keys')::DOUBLE) || '%'
                           || ' -' || printf('%.0f', 100 * (t.value->>'removed_keys')::DOUBLE) || '%', ', ' ORDER BY t.key)
         FROM json_each(drift->'tables') t) AS "drift: overlap@10 +new -removed",
-       CASE WHEN (gate->>'forced')::BOOLEAN THEN 'forced' ELSE gate->>'rule' END AS gate,
-       is_current AS current, retained
+       CASE WHEN (gate->>'forced')::BOOLEAN THEN 'forced' ELSE gate->>'rule' END AS gate, status
 FROM versions WHERE ? IS NULL OR model = ? ORDER BY model, version
 """
 
@@ -26,7 +25,8 @@ FROM versions WHERE ? IS NULL OR model = ? ORDER BY model, version
 def versions(store: StoreOption = DEFAULT_STORE,
              model: Annotated[str | None, typer.Option("--model")] = None,
              format: FormatOption = OutputFormat.table) -> None:
-    """Every published version (newest last): metric, drift from the version it replaced, gate, current, retained."""
+    """Every version (newest last): metric, drift from the version it replaced, gate, status
+    (current, retained, removed by retention, abandoned by a killed publish)."""
     from latentstore import connect
 
     try:
