@@ -7,24 +7,27 @@ import os
 from pathlib import Path
 
 from jobs.index.config import SparkConfig
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _SPARK_CONF_DIR = Path(__file__).resolve().parents[2] / "infra" / "spark"
 
 
 def spark_session(cfg: SparkConfig, app_name: str = "latentstore-index"):
-    """Get or create the session. Settings only apply if this process starts the JVM."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    """Get or create the session.
+
+    A JVM keeps the master, memory and other static settings it started with
+    (``getOrCreate`` would silently ignore new ones): reusing a running session
+    applies the config's runtime settings and fails on a static one that differs."""
+    if cfg.master.startswith("local"):
+        # Quiet and loopback-only locally; a cluster's executors must reach the driver on a routable address.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("SPARK_CONF_DIR", str(_SPARK_CONF_DIR))
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
-        master = active.sparkContext.master
-        if master != cfg.master:
-            # getOrCreate would silently keep the running session's settings.
-            log.warning("reusing the running Spark session on %s (config asks for %s)", master, cfg.master)
-        return active
+        return _reuse(active, cfg)
     builder = SparkSession.builder.appName(app_name)
     if "PYSPARK_GATEWAY_PORT" in os.environ:
         # Launched by spark-submit: its --master and --driver-memory win over the config.
@@ -46,3 +49,23 @@ def spark_session(cfg: SparkConfig, app_name: str = "latentstore-index"):
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _reuse(active, cfg: SparkConfig):
+    """The running session, with this config's runtime settings; ConfigError if a static one differs."""
+    running = dict(active.sparkContext.getConf().getAll())
+    wanted = {} if "PYSPARK_GATEWAY_PORT" in os.environ else {"spark.master": cfg.master,
+                                                              "spark.driver.memory": cfg.driver_memory}
+    runtime = {"spark.sql.shuffle.partitions": str(cfg.shuffle_partitions)}
+    for key, value in cfg.conf.items():
+        (runtime if active.conf.isModifiable(key) else wanted)[key] = str(value)
+    differing = {key: (running.get(key), value) for key, value in wanted.items() if running.get(key) != value}
+    if differing:
+        listed = "; ".join(f"{key} is {have!r}, the config asks for {want!r}" for key, (have, want) in differing.items())
+        raise ConfigError(
+            f"this process already runs a Spark session whose settings cannot change: {listed}. Run the index "
+            "stage in its own process: the flow parameter isolate_index=true (latentstore serve sets it), "
+            "python -m jobs.index, or spark-submit")
+    for key, value in runtime.items():
+        active.conf.set(key, value)
+    return active
