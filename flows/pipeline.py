@@ -1,8 +1,20 @@
 """The pipeline flow: index once, then train -> publish each of the config's models, a task per stage.
 
-Tasks that touch storage retry on transient I/O errors (OSError), never on
-bad input or config (LatentstoreError), which would fail again the same way.
-Counts, metrics and the published version are logged and recorded as artifacts.
+- ``stages`` selects what runs: the nightly deployment runs all three, the hourly
+  refresh only ``publish`` (it publishes a finished run the nightly could not).
+- Each task's cache key is its stage's id (jobs/markers.py): the content key of
+  the input, the run id, the model and run published. The store, not Prefect,
+  says what is done: when a stage's output is gone its cache is refreshed.
+- Tasks that touch storage retry on transient I/O errors (OSError), never on
+  bad input or config (LatentstoreError), which would fail again the same way; a
+  retried train task resumes from its checkpoint.
+- A run that starts more than ``max_lateness_minutes`` after its scheduled time
+  ends Cancelled, with the reason, instead of piling onto the next one.
+- A failure fails the flow with the stage, the model and the reason; nothing
+  is half-published (each publish is one atomic pointer switch).
+
+Counts, metrics per epoch, the version published or the gate's refusal, and the
+map link are recorded as artifacts.
 """
 
 from __future__ import annotations
@@ -10,18 +22,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.logging.handlers import APILogHandler
+from prefect.states import Cancelled
 
-from jobs import stages
+from jobs import markers
+from jobs import stages as stage_jobs
 from jobs.config import PipelineConfig, load_config
-from schemas.errors import LatentstoreError
+from schemas.errors import ConfigError, GateRefused, LatentstoreError, StageFailed
 from schemas.store import StoreLayout
 
+Stage = Literal["index", "train", "publish"]
+ALL_STAGES: list[Stage] = ["index", "train", "publish"]
 _JOB_LOGGERS = ("jobs", "latentstore")
 
 
@@ -47,70 +65,186 @@ def job_logs_to_prefect() -> Iterator[None]:
             logger.removeHandler(handler)
 
 
-# Caching lives in the stages themselves (snapshot id, run id): a rerun on the
-# same input and config does no work whatever Prefect remembers.
-_storage_task = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, cache_policy=NONE)
+def _stage_cache_key(context, parameters: dict) -> str:
+    return parameters["marker"].cache_key
 
 
-@task(name="index", task_run_name="index-{cfg.name}", **_storage_task)
-def index_task(cfg: PipelineConfig, store: str) -> dict:
+_retries = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
+_stage_task = dict(**_retries, cache_key_fn=_stage_cache_key, persist_result=True)
+
+
+@task(name="index", task_run_name="index-{cfg.name}", **_stage_task)
+def index_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, config_path: str,
+               input_path: str | None, isolate: bool) -> dict:
     with job_logs_to_prefect():
-        return stages.index(cfg, StoreLayout(store))
+        if isolate:
+            return stage_jobs.index_in_subprocess(config_path, input_path, StoreLayout(store))
+        return stage_jobs.index(cfg, StoreLayout(store))
 
 
-@task(name="train", task_run_name="train-{model}", **_storage_task)
-def train_task(cfg: PipelineConfig, store: str, model: str, snapshot_id: str, resume: bool) -> dict:
+@task(name="train", task_run_name="train-{model}", **_stage_task)
+def train_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, model: str, snapshot_id: str,
+               resume: bool) -> dict:
     with job_logs_to_prefect():
-        return stages.train(cfg, StoreLayout(store), model=model, snapshot_id=snapshot_id, resume=resume)
+        return stage_jobs.train(cfg, StoreLayout(store), model=model, snapshot_id=snapshot_id, resume=resume)
 
 
-@task(name="publish", task_run_name="publish-{model}", **_storage_task)
-def publish_task(cfg: PipelineConfig, store: str, model: str, run_id: str, snapshot_id: str, force: bool) -> dict:
+@task(name="publish", task_run_name="publish-{model}", **_stage_task)
+def publish_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, model: str, run_id: str,
+                 snapshot_id: str, force: bool) -> dict:
     with job_logs_to_prefect():
-        return stages.publish(cfg, StoreLayout(store), model=model, run_id=run_id, snapshot_id=snapshot_id,
+        return stage_jobs.publish(cfg, StoreLayout(store), model=model, run_id=run_id, snapshot_id=snapshot_id,
                               force=force)
 
 
 @task(name="map", task_run_name="map-{model}", cache_policy=NONE)
 def map_task(cfg: PipelineConfig, store: str, model: str, version: int) -> dict:
     with job_logs_to_prefect():
-        return stages.draw_map(cfg, StoreLayout(store), model, version)
+        return stage_jobs.draw_map(cfg, StoreLayout(store), model, version)
 
 
 @flow(name="latentstore-pipeline", log_prints=False)
 def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
-             resume: bool = True, force: bool = False) -> dict:
+             resume: bool = True, force: bool = False, stages: list[Stage] | None = None,
+             max_lateness_minutes: float | None = None, snapshot_id: str | None = None,
+             train_deployment: str | None = None, isolate_index: bool = False):
     """Index one config's data, then train and publish each of its models into one store.
 
-    A version the quality gate refuses fails the flow (the current version stays); ``force`` publishes it."""
+    ``stages`` (all three by default) picks stages; without ``index`` the snapshot is
+    ``snapshot_id`` or the dataset's latest. ``train_deployment`` ("flow/deployment")
+    runs the train stage as that deployment's flow run (e.g. on a GPU work pool
+    sharing the store) and waits for it. ``isolate_index`` runs the index stage in
+    a child process (a fresh Spark session per run, for long-lived processes).
+    A version the quality gate refuses fails the flow (the current version stays);
+    ``force`` publishes it."""
     logger = get_run_logger()
+    late = _lateness(max_lateness_minutes)
+    if late is not None:
+        logger.warning(late)
+        return Cancelled(message=late)
+    selected = _check_stages(stages)
     cfg = load_config(config_path, input_path)
-    store = str(StoreLayout(store).root)
-    indexed = index_task(cfg, store)
-    counts = indexed["counts"]
-    logger.info(
-        "snapshot %s%s: read %d, kept %d, quarantined %d, duplicates %d, superseded %d",
-        indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", counts["read"], counts["kept"],
-        counts["quarantined"], counts["duplicates"], counts["superseded"],
-    )
-    _counts_artifact(cfg, indexed)
+    layout = StoreLayout(store)
+    store = str(layout.root)
+    if "index" in selected:
+        marker = _stage(cfg.name, "index", lambda: markers.index_marker(cfg, layout))
+        indexed = _run(index_task, marker, cfg.name, cfg, store, marker, config_path, input_path, isolate_index)
+        logger.info("snapshot %s%s: read %d, kept %d, quarantined %d, duplicates %d, superseded %d",
+                    indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", *_counts(indexed))
+        _counts_artifact(cfg, indexed)
+    else:
+        indexed = _stage(cfg.name, "index", lambda: stage_jobs.snapshot(cfg, layout, snapshot_id))
+    snapshot = indexed["snapshot_id"]
+    if "train" in selected and train_deployment is not None:
+        _train_on_deployment(train_deployment, config_path, store, input_path, snapshot, resume)
     models = {}
     for model in cfg.model_names():
-        trained = train_task(cfg, store, model, indexed["snapshot_id"], resume)
+        trained = _trained(cfg, layout, model, snapshot, resume, local="train" in selected and not train_deployment)
+        if trained is None:
+            logger.warning("%s: no finished training run on snapshot %s; nothing to publish", model, snapshot)
+            models[model] = {"train": None, "publish": None}
+            continue
         logger.info("%s run %s%s: %s", model, trained["run_id"], " (reused)" if trained["reused"] else "",
                     trained["metrics"])
-        published = publish_task(cfg, store, model, trained["run_id"], indexed["snapshot_id"], force)
-        logger.info("published %s v%d%s", published["model"], published["version"],
-                    " (already current)" if published["reused"] else "")
-        _model_artifacts(indexed, trained, published)
-        if cfg.publish.map is not None:
-            drawn = map_task(cfg, store, model, published["version"])
-            create_link_artifact(key=f"{_key(model)}-map", link=Path(drawn["file"]).as_uri(),
-                                 link_text=f"{model} v{published['version']}: map of {cfg.publish.map.entity}",
-                                 description=f"{drawn['points']} points, {drawn['method']}")
-            published = {**published, "map": drawn["file"]}
+        published = None
+        if "publish" in selected:
+            published = _publish(cfg, layout, model, trained, indexed, force)
         models[model] = {"train": trained, "publish": published}
-    return {"index": indexed, "models": models}
+    return {"index": indexed, "stages": selected, "models": models}
+
+
+def _trained(cfg, layout: StoreLayout, model: str, snapshot: str, resume: bool, local: bool) -> dict | None:
+    """Train here, or read the run trained elsewhere (another deployment, an earlier run)."""
+    if not local:
+        return _stage(model, "train", lambda: stage_jobs.finished_run(cfg, layout, model, snapshot))
+    marker = _stage(model, "train", lambda: markers.train_marker(cfg, layout, model, snapshot))
+    return _run(train_task, marker, model, cfg, str(layout.root), marker, model, snapshot, resume)
+
+
+def _publish(cfg, layout: StoreLayout, model: str, trained: dict, indexed: dict, force: bool) -> dict:
+    logger = get_run_logger()
+    store = str(layout.root)
+    marker = _stage(model, "publish", lambda: markers.publish_marker(layout, model, trained["run_id"]))
+    try:
+        published = _run(publish_task, marker, model, cfg, store, marker, model, trained["run_id"],
+                         indexed["snapshot_id"], force)
+    except StageFailed as failure:
+        if isinstance(failure.__cause__, GateRefused):
+            _refusal_artifact(model, trained, str(failure.__cause__))
+        raise
+    logger.info("published %s v%d%s", published["model"], published["version"],
+                " (already current)" if published["reused"] else "")
+    _model_artifacts(indexed, trained, published)
+    if cfg.publish.map is not None:
+        drawn = map_task(cfg, store, model, published["version"])  # cheap next to training: always redrawn
+        create_link_artifact(key=f"{_key(model)}-map", link=Path(drawn["file"]).as_uri(),
+                             link_text=f"{model} v{published['version']}: map of {cfg.publish.map.entity}",
+                             description=f"{drawn['points']} points, {drawn['method']}")
+        published = {**published, "map": drawn["file"]}
+    return published
+
+
+def _run(stage_task, marker: markers.StageMarker, label: str, *args) -> dict:
+    """Run a stage's task; its cache holds only while the stage's output is on disk."""
+    state = stage_task.with_options(refresh_cache=not marker.done)(*args, return_state=True)
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        raise StageFailed(f"{marker.stage} stage of {label} failed: {error}") from error
+    result = state.result()
+    # A cached result is the summary of the run that did the work: say it was reused.
+    return {**result, "reused": True} if state.name == "Cached" else result
+
+
+def _stage(label: str, stage: str, call):
+    """Flow-side steps of a stage (markers, reading a snapshot) fail with the stage's name too."""
+    try:
+        return call()
+    except LatentstoreError as error:
+        raise StageFailed(f"{stage} stage of {label} failed: {error}") from error
+
+
+def _train_on_deployment(deployment: str, config_path: str, store: str, input_path: str | None, snapshot: str,
+                         resume: bool) -> None:
+    """The train stage as a flow run of ``deployment`` (its own work pool); waits for it to finish."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    logger.info("training on deployment %s (snapshot %s)", deployment, snapshot)
+    child = run_deployment(name=deployment, timeout=None, poll_interval=2, parameters={
+        "config_path": config_path, "store": store, "input_path": input_path, "resume": resume,
+        "stages": ["train"], "snapshot_id": snapshot})
+    if not child.state or not child.state.is_completed():
+        message = child.state.message if child.state else "no state"
+        raise StageFailed(f"train stage failed on deployment {deployment}: flow run {child.name} ended "
+                          f"{child.state.name if child.state else 'unknown'}: {message}")
+
+
+def _lateness(max_lateness_minutes: float | None) -> str | None:
+    """Why this run is too late to be worth running, or None."""
+    if max_lateness_minutes is None:
+        return None
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time
+    late_by = (datetime.now(UTC) - scheduled).total_seconds() / 60
+    if late_by <= max_lateness_minutes:
+        return None
+    return (f"skipped: started {late_by:.1f} min after its scheduled time {scheduled.isoformat(timespec='seconds')}, "
+            f"more than max_lateness_minutes={max_lateness_minutes:g}; the next scheduled run will do the work")
+
+
+def _check_stages(selected: list[str] | None) -> list[str]:
+    if selected is None:
+        return list(ALL_STAGES)
+    unknown = sorted(set(selected) - set(ALL_STAGES))
+    if unknown or not selected:
+        raise ConfigError(f"stages must be a non-empty subset of {ALL_STAGES}, got {selected}")
+    return [s for s in ALL_STAGES if s in selected]
+
+
+def _counts(indexed: dict) -> list[int]:
+    counts = indexed["counts"]
+    return [counts[k] for k in ("read", "kept", "quarantined", "duplicates", "superseded")]
 
 
 def _key(name: str) -> str:
@@ -121,6 +255,16 @@ def _key(name: str) -> str:
 def _counts_artifact(cfg: PipelineConfig, indexed: dict) -> None:
     counts = {k: v for k, v in indexed["counts"].items() if k != "quarantine_reasons"}
     create_table_artifact([counts], key=f"{_key(cfg.name)}-counts", description="Rows by outcome")
+
+
+def _refusal_artifact(model: str, trained: dict, reason: str) -> None:
+    metric = trained["primary_metric"]
+    create_markdown_artifact(
+        f"# {model}: refused by the quality gate\n\n- run `{trained['run_id']}`, {metric['name']} "
+        f"{metric['value']}\n- {reason}\n",
+        key=f"{_key(model)}-refused",
+        description=f"{model}: the quality gate refused this run's version; the current version stays",
+    )
 
 
 def _model_artifacts(indexed: dict, trained: dict, published: dict) -> None:

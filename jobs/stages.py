@@ -6,6 +6,9 @@ boundary; the heavy artifacts stay in the store.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from jobs.common.files import read_json
 from jobs.config import PipelineConfig
 from jobs.index.snapshots import latest_id, read_manifest
@@ -17,10 +20,42 @@ def index(cfg: PipelineConfig, store: StoreLayout) -> dict:
     from jobs.index.job import run
 
     result = run(cfg.index, store)
-    sessions = result.manifest.sessions
-    return {"snapshot_id": result.snapshot_id, "reused": result.reused, "kind": result.manifest.kind,
-            "counts": result.manifest.counts.model_dump(),
-            "vocab": {k: v.model_dump() for k, v in result.manifest.vocab.items()},
+    return _index_summary(result.manifest, result.reused)
+
+
+def index_in_subprocess(config_path: str, input_path: str | None, store: StoreLayout) -> dict:
+    """The index stage in a fresh Python process, so its Spark session gets this config's settings.
+
+    A long-lived process (``latentstore serve``) keeps the first Spark session it
+    starts; a child per run starts its own JVM and exits with it."""
+    import subprocess
+    import sys
+
+    from jobs.index.snapshots import read_manifest
+
+    command = [sys.executable, "-m", "jobs.index", config_path, "--store", str(store.root)]
+    if input_path is not None:
+        command += ["--input", input_path]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        error = StoreError if done.returncode == 2 else RuntimeError
+        raise error(f"the index subprocess exited with {done.returncode}: {tail}")
+    summary = json.loads(done.stdout)
+    return _index_summary(read_manifest(Path(summary["path"])), summary["reused"])
+
+
+def snapshot(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None = None) -> dict:
+    """The summary of an existing snapshot (the dataset's latest when None), as ``index`` returns it."""
+    _, manifest = _snapshot(cfg, store, snapshot_id)
+    return _index_summary(manifest, reused=True)
+
+
+def _index_summary(manifest, reused: bool) -> dict:
+    sessions = manifest.sessions
+    return {"snapshot_id": manifest.snapshot_id, "reused": reused, "kind": manifest.kind,
+            "counts": manifest.counts.model_dump(),
+            "vocab": {k: v.model_dump() for k, v in manifest.vocab.items()},
             "sessions": sessions.model_dump() if sessions else None}
 
 
@@ -40,10 +75,25 @@ def train(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, sna
     train_cfg = cfg.model(model)
     directory, manifest = _snapshot(cfg, store, snapshot_id)
     result = run(train_cfg, store, directory, manifest, resume=resume)
-    return {"model": train_cfg.name, "family": train_cfg.model, "run_id": result.run_id, "snapshot_id": manifest.snapshot_id,
-            "reused": result.reused,
-            "metrics": {k: v for k, v in result.result["metrics"].items() if k != "history"},
-            "primary_metric": result.result["primary_metric"], "history": result.result["metrics"]["history"]}
+    return _train_summary(train_cfg, result.run_id, result.result, result.reused)
+
+
+def finished_run(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_id: str) -> dict | None:
+    """The summary of ``model``'s finished run on a snapshot (trained elsewhere, e.g. by another deployment or
+    torchrun), None if it has not finished."""
+    from jobs.train.job import RESULT
+
+    train_cfg = cfg.model(model)
+    run_id = _finished_run_id(store, snapshot_id, train_cfg)
+    path = store.run_dir(run_id) / RESULT
+    return _train_summary(train_cfg, run_id, read_json(path), True) if path.is_file() else None
+
+
+def _train_summary(train_cfg, run_id: str, result: dict, reused: bool) -> dict:
+    return {"model": train_cfg.name, "family": train_cfg.model, "run_id": run_id, "snapshot_id": result["snapshot_id"],
+            "reused": reused,
+            "metrics": {k: v for k, v in result["metrics"].items() if k != "history"},
+            "primary_metric": result["primary_metric"], "history": result["metrics"]["history"]}
 
 
 def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, run_id: str | None = None,
@@ -52,11 +102,11 @@ def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, r
 
     Raises GateRefused when the quality gate refuses it, unless ``force``."""
     from jobs.publish.job import run
-    from jobs.train.job import RESULT, run_id_for
+    from jobs.train.job import RESULT
 
     train_cfg = cfg.model(model)
     directory, manifest = _snapshot(cfg, store, snapshot_id)
-    run_id = run_id or run_id_for(manifest.snapshot_id, train_cfg)
+    run_id = run_id or _finished_run_id(store, manifest.snapshot_id, train_cfg)
     run_dir = store.run_dir(run_id)
     if not (run_dir / RESULT).is_file():
         raise StoreError(f"training run {run_id} of {train_cfg.name} has not finished in {store.root}; "
@@ -66,6 +116,22 @@ def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, r
     return {"model": result.model, "version": result.version, "reused": result.reused, "file": str(result.path),
             "entities": result.record["entities"], "gate": result.record.get("gate"),
             "drift": result.record.get("drift"), "retention": result.retention}
+
+
+def _finished_run_id(store: StoreLayout, snapshot_id: str, train_cfg) -> str:
+    """The run of ``train_cfg`` on the snapshot: the one-process run when it finished, else the newest finished
+    data-parallel one (``torchrun ... -m jobs.train``), else the one-process id (to name in the error)."""
+    from jobs.train.job import RESULT, run_id_for
+
+    run_id = run_id_for(snapshot_id, train_cfg)
+    if (store.run_dir(run_id) / RESULT).is_file():
+        return run_id
+    results = sorted((store.root / "runs").glob(f"*/{RESULT}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for result in results:
+        world = read_json(result).get("runtime", {}).get("world_size", 1)
+        if world > 1 and run_id_for(snapshot_id, train_cfg, world) == result.parent.name:
+            return result.parent.name
+    return run_id
 
 
 def draw_map(cfg: PipelineConfig, store: StoreLayout, model: str, version: int) -> dict:

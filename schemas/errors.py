@@ -27,3 +27,7 @@ class TrainingDiverged(LatentstoreError):
 
 class GateRefused(LatentstoreError):
     """The quality gate refused a version: its validation metric regressed (``--force`` overrides)."""
+
+
+class StageFailed(LatentstoreError):
+    """A pipeline stage failed: the message names the stage, the model or config, and the cause."""

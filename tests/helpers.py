@@ -114,3 +114,46 @@ def publish_vectors(store: Path, model: str, tables: dict[str, dict[str, list[fl
     cfg = PublishConfig(**{"retention_grace_seconds": 0, **(publish or {})})
     return publish_external(StoreLayout(store), model, arrays, store.parent / "handmade" / uuid.uuid4().hex[:12], cfg,
                             metric, metric_name, direction, validation_set, force)
+
+
+def small_ratings_toml(name: str, master: str = "local[2]", train: str = "") -> str:
+    """A config file's text: small synthetic ratings, a 2-epoch ``mf`` of dim 8 (``train`` adds [train] lines)."""
+    return f"""
+name = "{name}"
+[index.input.synthetic]
+users = 120
+items = 50
+clusters = 3
+ratings_per_user = 12
+seed = 4
+[index.spark]
+master = "{master}"
+[train]
+dim = 8
+epochs = 2
+threads = 1
+{train}
+"""
+
+
+def clicks_toml(dirty: float | None = None) -> str:
+    """A config file's data part: a small synthetic event log named ``clicks`` (add [index.spark] and [train])."""
+    defects = "" if dirty is None else f"dirty = {dirty}\n"
+    return f"""
+name = "clicks"
+[index]
+kind = "events"
+[index.input]
+columns = {{ user = "user_id", timestamp = "ts", type = "event" }}
+[index.input.synthetic]
+users = 120
+segments = 3
+page_types = 3
+portals = 2
+search_categories = 3
+items = 6
+{defects}seed = 5
+[index.events]
+templates = {{ page_view = "{{type}}:{{page_type}}:{{portal}}", scroll = "{{type}}:{{pixels}}", "*" = "{{type}}" }}
+buckets = {{ pixels = {{ log_start = 250, unit = "px" }} }}
+"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import latentstore
+from tests.helpers import clicks_toml
 
 pytestmark = [pytest.mark.prefect, pytest.mark.spark, pytest.mark.slow]
 
@@ -81,23 +82,7 @@ def test_flow_fails_with_the_reason_and_publishes_nothing(prefect_harness, tmp_p
     assert not (tmp_path / "store" / "models").exists()
 
 
-EVENTS_CONFIG = """
-name = "clicks"
-[index]
-kind = "events"
-[index.input]
-columns = { user = "user_id", timestamp = "ts", type = "event" }
-[index.input.synthetic]
-users = 120
-segments = 3
-page_types = 3
-portals = 2
-search_categories = 3
-items = 6
-seed = 5
-[index.events]
-templates = { page_view = "{type}:{page_type}:{portal}", scroll = "{type}:{pixels}", "*" = "{type}" }
-buckets = { pixels = { log_start = 250, unit = "px" } }
+EVENTS_CONFIG = clicks_toml() + """
 [index.spark]
 master = "local[2]"
 [[train]]

@@ -28,6 +28,7 @@ from jobs.config import load_config
 from jobs.index.job import run
 from jobs.index.snapshots import read_manifest
 from schemas.store import StoreLayout
+from tests.helpers import clicks_toml
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -68,24 +69,7 @@ clusters = 3
 ratings_per_user = 15
 seed = 3
 """,
-    "events": """
-name = "clicks"
-[index]
-kind = "events"
-[index.input]
-columns = { user = "user_id", timestamp = "ts", type = "event" }
-[index.input.synthetic]
-users = 120
-segments = 3
-page_types = 3
-portals = 2
-search_categories = 3
-items = 6
-dirty = 0.02
-seed = 5
-[index.events]
-templates = { page_view = "{type}:{page_type}:{portal}", scroll = "{type}:{pixels}", "*" = "{type}" }
-buckets = { pixels = { log_start = 250, unit = "px" } }
+    "events": clicks_toml(dirty=0.02) + """
 [train]
 model = "skipgram"
 """,

@@ -72,11 +72,29 @@ def content_key(cfg: IndexConfig, probed: ProbedInput, files: list[InputFile]) -
     return input_fp, key
 
 
-def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
+@dataclass(frozen=True)
+class Plan:
+    """What identifies an index run before Spark starts: the input as probed and its content key."""
+
+    cfg: IndexConfig  # synthetic inputs resolved to their materialised file
+    probed: ProbedInput
+    files: list[InputFile]
+    input_fingerprint: str
+    content_key: str  # the stage id: same input, format and data config -> same key
+
+
+def plan(cfg: IndexConfig, store: StoreLayout) -> Plan:
     cfg = resolve_input(cfg, store)
     probed = probe(cfg)
     files = fingerprint(probed.files, cfg.input.fingerprint)
     input_fp, key = content_key(cfg, probed, files)
+    return Plan(cfg, probed, files, input_fp, key)
+
+
+def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
+    planned = plan(cfg, store)
+    cfg, probed, files, input_fp, key = (planned.cfg, planned.probed, planned.files, planned.input_fingerprint,
+                                         planned.content_key)
     existing = find_by_content(store, cfg.dataset, key)
     if existing is not None:
         log.info("input unchanged: reusing snapshot %s (%d rows kept)", existing.snapshot_id, existing.counts.kept)

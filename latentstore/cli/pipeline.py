@@ -55,8 +55,34 @@ def run(
         from flows.pipeline import pipeline
 
         for config, cfg in zip(configs, loaded):
-            summary = pipeline(str(config), str(store), str(input.resolve()) if input else None, resume, force)
+            summary = pipeline(config_path=str(config), store=str(store),
+                               input_path=str(input.resolve()) if input else None, resume=resume, force=force)
             _print_summary(cfg, store, summary)
+    except LatentstoreError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(
+    configs: Annotated[list[Path], typer.Argument(help="Pipeline configs (TOML): a deployment each.")],
+    store: StoreOption = DEFAULT_STORE,
+    cron: Annotated[str | None, typer.Option("--cron", help='Schedule, e.g. "0 2 * * *" (UTC); none: runs on demand.')] = None,
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Stages to run (repeat; default all): index, train, publish.")] = None,
+    max_lateness: Annotated[float | None, typer.Option("--max-lateness-minutes", help="Skip (Cancelled) a run this late.")] = None,
+) -> None:
+    """Serve a deployment per CONFIG from this process until stopped (SIGTERM), without a work pool.
+
+    Needs a Prefect API (PREFECT_API_URL, e.g. `prefect server start`) for schedules
+    and `prefect deployment run`; each config's deployment is <name>-served."""
+    setup_logging()
+    try:
+        for config in configs:
+            _preflight(config, None)
+        _prefect_env(store)
+        from flows.serve import serve as serve_forever
+        from flows.serve import served_deployments
+
+        serve_forever(served_deployments(configs, store, cron, stage, max_lateness))
     except LatentstoreError as exc:
         fail(str(exc))
 

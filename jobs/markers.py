@@ -1,0 +1,57 @@
+"""Completion markers: each stage's id and whether its output is on disk.
+
+The store is the source of truth for what is done, not Prefect's result cache:
+
+    index    id = the input's content key     done = a snapshot with that key exists
+    train    id = the run id                  done = runs/<run_id>/result.json exists
+    publish  id = model + run id              done = the model's current version came from that run
+
+The flow uses a stage's id as its task's cache key, and refreshes the cache when
+the output is gone (a deleted snapshot or run is recomputed, never "cached").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.config import PipelineConfig
+from schemas.store import StoreLayout
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    stage: str
+    id: str
+    done: bool
+    store: str
+
+    @property
+    def cache_key(self) -> str:
+        """Unique per store: two stores indexing the same input are two different outputs."""
+        from jobs.common.hashing import stable_hash
+
+        return f"latentstore-{self.stage}-{stable_hash([self.store, self.id], 24)}"
+
+
+def index_marker(cfg: PipelineConfig, store: StoreLayout) -> StageMarker:
+    from jobs.index.job import plan
+    from jobs.index.snapshots import find_by_content
+
+    key = plan(cfg.index, store).content_key
+    return StageMarker("index", key, find_by_content(store, cfg.index.dataset, key) is not None, str(store.root))
+
+
+def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_id: str) -> StageMarker:
+    from jobs.train.job import RESULT, run_id_for
+
+    run_id = run_id_for(snapshot_id, cfg.model(model))
+    return StageMarker("train", run_id, (store.run_dir(run_id) / RESULT).is_file(), str(store.root))
+
+
+def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
+    from jobs.publish.registry import current_version, find_run
+
+    published = find_run(store, model, run_id) if store.root.is_dir() else None
+    done = (published is not None and current_version(store, model) == published["version"]
+            and (store.root / published["file"]).is_file())
+    return StageMarker("publish", f"{model}/{run_id}", done, str(store.root))
