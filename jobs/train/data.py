@@ -34,6 +34,10 @@ class Batch:
     def __len__(self) -> int:
         return self.users.shape[0]
 
+    def take(self, rows: np.ndarray) -> "Batch":
+        index = torch.from_numpy(rows)
+        return Batch(self.users[index], self.items[index], self.ratings[index])
+
 
 def _columns(table: pa.Table | pa.RecordBatch) -> Batch:
     return Batch(

@@ -18,8 +18,10 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads; bitwise reproducibility holds for equal thread counts."""
-    count = threads or min(os.cpu_count() or 1, 8)
+def configure_threads(threads: int | None, processes: int = 1) -> int:
+    """Set torch's intra-op threads; bitwise reproducibility holds for equal thread counts.
+
+    By default each of the ``processes`` training on this machine gets its share of the cores (at most 8)."""
+    count = threads or max(1, min((os.cpu_count() or 1) // max(processes, 1), 8))
     torch.set_num_threads(count)
     return count

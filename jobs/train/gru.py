@@ -15,6 +15,8 @@ user's last ``user_events`` events: a vector in the GRU's state space, of size
 layer: a token's score as the user's next event is user . vector + bias, the
 query the ``next_events`` SQL macro runs). Validation ranks each held-out event by
 that score after the events before it, the user's history across sessions.
+
+Data-parallel: each rank trains on its sessions of every batch (``jobs.train.distributed``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jobs.train import ranking
+from jobs.train import distributed, ranking
 from jobs.train.config import GRUConfig
 from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
 from jobs.train.precision import Precision
@@ -40,6 +42,8 @@ FULL_SOFTMAX_MAX_TOKENS = 50_000
 #: Batches are formed from groups of this many batches' worth of sessions sorted by length.
 _LENGTH_GROUPS = 32
 _WARMUP = 0.1
+#: Trains under torchrun with several processes (see jobs.train.distributed).
+DATA_PARALLEL = True
 
 
 class GRU4Rec(nn.Module):
@@ -64,6 +68,8 @@ class GRU4Rec(nn.Module):
         """[batch, time] tokens -> [batch, time, hidden] states (right padding does not reach earlier states)."""
         out, _ = self.gru(self.dropout(self.embedding(tokens)))
         return self.dropout(out)
+
+    forward = states  # what a training step calls (through DDP when data-parallel)
 
     def final_states(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[batch, hidden]: each sequence's state after its last token."""
@@ -92,6 +98,13 @@ def _batches(block: Ragged, batch_size: int, rng: np.random.Generator) -> list[n
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _targets(batch: Ragged) -> int:
+    """Events a batch of sessions asks to predict: every one after a session's first, but the unknown token."""
+    later = np.ones(batch.values.size, bool)
+    later[batch.offsets[:-1][batch.lengths > 0]] = False
+    return int(np.count_nonzero(later & (batch.values != UNKNOWN_INDEX)))
+
+
 class GRULearner:
     metric = Metric(f"valid_hr_at_{ranking.K}", "maximize")
 
@@ -101,6 +114,7 @@ class GRULearner:
         self.module = GRU4Rec(n_tokens, cfg.dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.module.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         self.module.to(device)
+        self.train_module: nn.Module = self.module
         self.sampled = cfg.loss == "sampled" or (cfg.loss == "auto" and n_tokens > FULL_SOFTMAX_MAX_TOKENS)
         counts = sessions.token_counts(n_tokens).astype(np.float64)
         counts[UNKNOWN_INDEX] = 0
@@ -129,33 +143,41 @@ class GRULearner:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         self.module.train()
+        # every rank draws the same batches and negatives; dropout masks differ by rank (rank 0: as in one process)
         rng = epoch_rng(cfg.seed, epoch, 1)
-        torch.manual_seed(int(rng.integers(0, 2**62)))  # dropout masks: the same on a resumed run
+        torch.manual_seed(int(rng.integers(0, 2**62)) + distributed.rank())  # the same on a resumed run
         generator = torch_generator(rng)
         total = max(cfg.epochs * self.sessions.sequences, 1)
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", self.sessions.tokens, "events")
         loss_sum, predicted = 0.0, 0
         for block in self.sessions.blocks(cfg.seed, epoch):
             for rows in _batches(block, cfg.batch_size, rng):
-                batch = block.take(rows)
-                tokens, lengths = batch.padded()
+                lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
+                self.sequences_done += len(rows)
+                whole = block.take(rows)
+                progress.advance(int(whole.lengths.sum()))
+                wanted = _targets(whole)
+                if not wanted:
+                    continue  # nothing to predict (only unknown tokens): no step, on any rank
+                mine, real = distributed.shard(len(rows))  # all of it in one process
+                tokens, lengths = (whole if mine.size == len(rows) else whole.take(mine)).padded()
                 tokens = tokens.to(self.device)
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
                 valid = (torch.arange(targets.shape[1], device=self.device)[None, :] < (lengths.to(self.device) - 1)[:, None])
                 valid &= targets != UNKNOWN_INDEX
-                lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
-                self.sequences_done += len(rows)
-                progress.advance(int(lengths.sum()))
-                if not bool(valid.any()):
-                    continue  # nothing to predict (only unknown tokens): no step
+                count = int(valid.sum()) if real else 0
+                if not count:  # this rank has nothing to predict but must take part in the step: a stand-in, weight 0
+                    valid = torch.zeros_like(valid)
+                    valid[0, 0] = True
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with self.precision.autocast():
-                    states = self.module.states(inputs)[valid]
+                    states = self.train_module(inputs)[valid]
                     loss = self._loss(states, targets[valid], generator)
-                self.precision.step(loss, self.optimizer)
-                loss_sum += float(loss.detach()) * int(valid.sum())
-                predicted += int(valid.sum())
+                self.precision.step(loss * distributed.loss_weight(count, wanted), self.optimizer)
+                loss_sum += float(loss.detach()) * count
+                predicted += count
+        loss_sum, predicted = distributed.all_sum(loss_sum, predicted)
         return {"train_loss": loss_sum / max(predicted, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "events_per_s": progress.rate}
 

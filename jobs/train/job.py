@@ -9,13 +9,16 @@
 Each model family (``mf``, ``skipgram``, ``gru``) is a module with ``build(cfg,
 snapshot_dir, manifest, device) -> Built``: its learner, loop settings and params.
 
-``run_id`` hashes the snapshot id, the training config and the code version,
-so a finished run is never repeated and a killed one can resume.
+``run_id`` hashes the snapshot id, the training config and the code version
+(and the number of processes when several train together under ``torchrun``:
+see ``jobs.train.distributed``), so a finished run is never repeated and a
+killed one can resume.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,10 +45,22 @@ class TrainResult:
     reused: bool
 
 
-def run_id_for(snapshot_id: str, cfg: TrainConfig) -> str:
-    """Hash of what decides the vectors: the snapshot, the training config (not the published name), the code."""
+def run_id_for(snapshot_id: str, cfg: TrainConfig, world_size: int = 1) -> str:
+    """Hash of what decides the vectors: the snapshot, the training config (not the published name), the code,
+    and the number of data-parallel processes when more than one (one-process ids stay as they were)."""
     params = cfg.model_dump(mode="json", exclude={"name"})
-    return stable_hash({"snapshot": snapshot_id, "train": params, "code": code_version()}, 16)
+    decided = {"snapshot": snapshot_id, "train": params, "code": code_version()}
+    if world_size > 1:
+        decided["world_size"] = world_size
+    return stable_hash(decided, 16)
+
+
+def check_data_parallel(cfg: TrainConfig, world_size: int) -> None:
+    """Refuse a model family that cannot train in several processes, before any process group forms."""
+    if world_size > 1 and not _family(cfg.model).DATA_PARALLEL:
+        raise ConfigError(f"train.model = {cfg.model!r} ({cfg.name}) cannot train data-parallel ({world_size} "
+                          "processes): its updates bypass autograd, so DDP cannot average them; run it with one "
+                          "process (python -m jobs.train, without torchrun)")
 
 
 def run(
@@ -56,8 +71,15 @@ def run(
     resume: bool = True,
     stop_after_epochs: int | None = None,
 ) -> TrainResult:
-    """Train (or return the finished run). ``resume`` continues from the last checkpoint."""
-    run_id = run_id_for(manifest.snapshot_id, cfg)
+    """Train (or return the finished run). ``resume`` continues from the last checkpoint.
+
+    Under ``torchrun`` every rank calls this: all train, rank 0 alone checkpoints and
+    writes the run, and every rank returns its result."""
+    from jobs.train import distributed
+
+    world = distributed.launched_world_size()
+    check_data_parallel(cfg, world)
+    run_id = run_id_for(manifest.snapshot_id, cfg, world)
     out = store.run_dir(run_id)
     if (out / RESULT).is_file():
         log.info("run %s already finished: reusing its vectors", run_id)
@@ -69,20 +91,26 @@ def run(
     from jobs.train.device import configure_threads, resolve_device
     from jobs.train.loop import EpochLoop
 
-    device = resolve_device(cfg.device)
-    threads = configure_threads(cfg.threads)
+    device = distributed.init(resolve_device(cfg.device))
+    threads = configure_threads(cfg.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     built = _family(cfg.model).build(cfg, snapshot_dir, manifest, device)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT
-    loop = EpochLoop(built.learner, built.loop, checkpoint,
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    loop = EpochLoop(built.learner, built.loop, checkpoint if distributed.is_main() else None,
                      extra={"run_id": run_id, "config": cfg.model_dump(mode="json"), "params": built.params})
-    if checkpoint.is_file() and resume:
+    # rank 0 decides; every rank then reads the same file (they share the store: they read its snapshot too)
+    if distributed.broadcast(checkpoint.is_file() and resume):
         loop.load_checkpoint(torch.load(checkpoint, map_location=device, weights_only=False))
         log.info("resuming run %s after epoch %d", run_id, loop.state.epochs_done)
-    log.info("training %s %s on %s (%d threads): %s", cfg.model, cfg.name, device, threads, built.description)
+    built.learner.train_module = distributed.wrap(built.learner.module, device)
+    log.info("training %s %s on %s (%d threads%s): %s", cfg.model, cfg.name, device, threads,
+             f", rank {distributed.rank()} of {world}" if world > 1 else "", built.description)
     fit = loop.fit(stop_after_epochs=stop_after_epochs)
     if not loop.finished:
         return TrainResult(run_id, out, {"partial": True, "epochs_done": fit.state.epochs_done}, False)
+    if not distributed.is_main():
+        return TrainResult(run_id, out, distributed.broadcast(None), False)  # once rank 0 has written the run
 
     entities = _write_vectors(out / "vectors", built.learner.entities())
     metric = built.learner.metric
@@ -107,6 +135,8 @@ def run(
         "runtime": {
             "device": str(device),
             "threads": threads,
+            "world_size": world,
+            "backend": distributed.backend(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
@@ -114,6 +144,7 @@ def run(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     atomic_write_json(out / RESULT, result)
+    distributed.broadcast(result)  # releases the other ranks
     log.info("run %s: %s %s after %d epochs", run_id, metric.name, fit.metrics.get(metric.name), fit.state.epochs_done)
     return TrainResult(run_id, out, result, False)
 

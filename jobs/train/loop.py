@@ -6,6 +6,10 @@ checkpoint after every epoch holds everything the next epoch depends on (the
 weights, the learner's optimiser state, averaging and early-stopping state), and
 learners draw their randomness from (seed, epoch): a resumed run is bitwise equal
 to an uninterrupted one on CPU.
+
+Data-parallel (``jobs.train.distributed``): every rank trains each epoch; rank 0
+alone validates, averages, keeps the best weights and checkpoints, then sends
+its loop state to the others, so that all stop after the same epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs.common.faults import transient_fault_point
+from jobs.train import distributed
 from schemas.errors import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ class Learner(Protocol):
 
     metric: Metric
     module: nn.Module
+    train_module: nn.Module  # what training steps call: ``module``, or its DDP wrapper (set by the train job)
 
     def train_epoch(self, epoch: int) -> dict[str, float]: ...
 
@@ -136,6 +143,7 @@ class EpochLoop:
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, self.checkpoint)
+        transient_fault_point("train:checkpoint")  # tests: a retry must resume from here
 
     def load_checkpoint(self, payload: dict) -> None:
         self.learner.module.load_state_dict(payload["module"])
@@ -154,21 +162,25 @@ class EpochLoop:
         while self.state.epochs_done < cfg.epochs and not self.state.stopped_early:
             epoch = self.state.epochs_done + 1
             tick = time.perf_counter()
-            train_metrics = self.learner.train_epoch(epoch)
+            train_metrics = self.learner.train_epoch(epoch)  # summed over the ranks: the same on each
             _check_finite(epoch, train_metrics)
-            valid_metrics = self.learner.evaluate()
-            if average_start is not None and epoch > average_start:
-                self._accumulate_average()
-            record = {"epoch": epoch, **train_metrics, **valid_metrics, "seconds": time.perf_counter() - tick}
-            self._track(epoch, valid_metrics.get(metric.name))
-            self.state.history.append(record)
-            self.state.epochs_done = epoch
-            log.info("epoch %d/%d  %s  (%.2fs)", epoch, cfg.epochs, _describe(train_metrics, valid_metrics),
-                     record["seconds"])
-            self.save_checkpoint()
+            if distributed.is_main():
+                valid_metrics = self.learner.evaluate()
+                if average_start is not None and epoch > average_start:
+                    self._accumulate_average()
+                record = {"epoch": epoch, **train_metrics, **valid_metrics, "seconds": time.perf_counter() - tick}
+                self._track(epoch, valid_metrics.get(metric.name))
+                self.state.history.append(record)
+                self.state.epochs_done = epoch
+                log.info("epoch %d/%d  %s  (%.2fs)", epoch, cfg.epochs, _describe(train_metrics, valid_metrics),
+                         record["seconds"])
+                self.save_checkpoint()
+            self.state = distributed.broadcast(self.state)  # rank 0's early stop and best epoch hold for all
             if stop_after_epochs is not None and epoch >= stop_after_epochs:
                 break
         seconds = time.perf_counter() - started
+        if not distributed.is_main():
+            return FitResult(self.state, {}, seconds)  # rank 0 alone finishes and publishes the weights
         self._load_final_weights()
         return FitResult(self.state, self.learner.evaluate(), seconds)
 

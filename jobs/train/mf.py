@@ -5,6 +5,8 @@
 With ``implicit`` the user vector is ``p_u + |N(u)|^-1/2 sum_j y_j`` (SVD++);
 the published user vector is that sum, so ``user . item + biases`` still
 scores a user and an item.
+
+Data-parallel: each rank trains on its rows of every batch (``jobs.train.distributed``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jobs.train import distributed
 from jobs.train.config import MFConfig
 from jobs.train.data import Interactions
 from jobs.train.implicit import ImplicitFeedback
@@ -25,6 +28,8 @@ from jobs.train.progress import Progress
 from schemas.snapshot import Manifest, interactions_dir
 
 _EVAL_BATCH = 1 << 16
+#: Trains under torchrun with several processes (see jobs.train.distributed).
+DATA_PARALLEL = True
 
 
 class BiasedMF(nn.Module):
@@ -83,6 +88,7 @@ class MFLearner:
     def __init__(self, model: BiasedMF, cfg: MFConfig, train: Interactions, valid: Interactions | None,
                  device: torch.device):
         self.module = model.to(device)
+        self.train_module: nn.Module = self.module
         self.cfg, self.train_data, self.device = cfg, train, device
         self.valid_data = valid if valid is not None and valid.rows else None
         groups = [
@@ -100,15 +106,18 @@ class MFLearner:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         total, count = 0.0, 0
         progress = Progress(f"epoch {epoch}/{self.cfg.epochs}", self.train_data.rows, "ratings")
-        for batch in self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch):
-            batch = batch.to(self.device)
+        for whole in self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch):
+            rows, real = distributed.shard(len(whole))  # all of it in one process
+            batch = (whole if rows.size == len(whole) else whole.take(rows)).to(self.device)
+            mine = len(batch) if real else 0
             with self.precision.autocast():
-                loss = nn.functional.mse_loss(self.module(batch.users, batch.items).float(), batch.ratings)
-            self.precision.step(loss, self.optimizer)
+                loss = nn.functional.mse_loss(self.train_module(batch.users, batch.items).float(), batch.ratings)
+            self.precision.step(loss * distributed.loss_weight(mine, len(whole)), self.optimizer)
             self.schedule.step()
-            total += float(loss.detach()) * len(batch)
-            count += len(batch)
-            progress.advance(len(batch))
+            total += float(loss.detach()) * mine
+            count += mine
+            progress.advance(len(whole))
+        total, count = distributed.all_sum(total, count)
         return {"train_rmse": math.sqrt(total / max(count, 1)), "lr": self.schedule.get_last_lr()[0]}
 
     def evaluate(self) -> dict[str, float]:

@@ -44,6 +44,9 @@ from schemas.vocab import UNKNOWN_INDEX
 
 #: Tokens of concatenated sessions turned into pairs at once (bounds the memory of a block's pairs).
 PAIR_CHUNK_TOKENS = 1 << 20
+#: Not under torchrun with several processes: its SGD updates bypass autograd, so DDP has no
+#: gradients to average (the train job refuses it with a ConfigError). It is fast in one process.
+DATA_PARALLEL = False
 
 
 class SkipGram(nn.Module):
