@@ -183,3 +183,33 @@ def test_deployments_from_infra_run_on_workers_and_publish(server, tmp_path):
     assert con.execute("SELECT model, version FROM versions WHERE is_current").fetchall() == [("nightly", 1)]
     assert con.execute("SELECT count(*) FROM nightly.item").fetchone()[0] == 50
     con.close()
+
+
+def test_latentstore_serve_schedules_and_runs_a_deployment_without_a_work_pool(server, tmp_path):
+    env, processes, home = server
+    config = tmp_path / "served.toml"
+    config.write_text(small_ratings_toml("served", master="local[1]"))  # its own Spark settings: index isolated
+    store = tmp_path / "store"
+    serve = processes.start("serve", [str(BIN / "latentstore"), "serve", str(config), "--store", str(store),
+                                      "--cron", "0 3 * * *", "--max-lateness-minutes", "60"], env)
+
+    def deployment():
+        found = _api(env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["served-served"]}}})
+        return found[0] if found else None
+
+    _wait(lambda: deployment() is not None, 120, "latentstore serve to register its deployment",
+          lambda: processes.tail("serve"), serve)
+    served = deployment()
+    assert [s["schedule"]["cron"] for s in served["schedules"]] == ["0 3 * * *"]
+    assert served["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert served["parameters"]["isolate_index"] is True and served["parameters"]["max_lateness_minutes"] == 60
+
+    run = _api(env, "POST", f"/deployments/{served['id']}/create_flow_run", {})
+    _wait(lambda: _api(env, "GET", f"/flow_runs/{run['id']}")["state"]["type"] in FINAL, 300,
+          "the served run to finish", lambda: processes.tail("serve"), serve)
+    assert _api(env, "GET", f"/flow_runs/{run['id']}")["state"]["type"] == "COMPLETED", processes.tail("serve", 80)
+    con = latentstore.connect(store)
+    assert con.execute("SELECT model, version FROM versions WHERE is_current").fetchall() == [("served", 1)]
+    con.close()
+    os.killpg(serve.pid, signal.SIGTERM)
+    serve.wait(timeout=30)
