@@ -107,13 +107,14 @@ def map_task(cfg: PipelineConfig, store: str, model: str, version: int) -> dict:
 def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
              resume: bool = True, force: bool = False, stages: list[Stage] | None = None,
              max_lateness_minutes: float | None = None, snapshot_id: str | None = None,
-             train_deployment: str | None = None, isolate_index: bool = False):
+             train_deployment: str | None = None, train_timeout_minutes: float = 720, isolate_index: bool = False):
     """Index one config's data, then train and publish each of its models into one store.
 
     ``stages`` (all three by default) picks stages; without ``index`` the snapshot is
     ``snapshot_id`` or the dataset's latest. ``train_deployment`` ("flow/deployment")
     runs the train stage as that deployment's flow run (e.g. on a GPU work pool
-    sharing the store) and waits for it. ``isolate_index`` runs the index stage in
+    sharing the store) and waits for it, at most ``train_timeout_minutes`` (then
+    the child run is cancelled and the stage fails). ``isolate_index`` runs the index stage in
     a child process (a fresh Spark session per run, for long-lived processes).
     A version the quality gate refuses fails the flow (the current version stays);
     ``force`` publishes it."""
@@ -136,8 +137,9 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         indexed = _stage(cfg.name, "index", lambda: stage_jobs.snapshot(cfg, layout, snapshot_id))
     snapshot = indexed["snapshot_id"]
     if "train" in selected and train_deployment is not None:
-        _train_on_deployment(train_deployment, config_path, store, input_path, snapshot, resume)
-    models = {}
+        _train_on_deployment(train_deployment, config_path, store, input_path, snapshot, resume,
+                             train_timeout_minutes)
+    models, failures = {}, []
     for model in cfg.model_names():
         trained = _trained(cfg, layout, model, snapshot, resume, local="train" in selected and not train_deployment)
         if trained is None:
@@ -147,9 +149,19 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         logger.info("%s run %s%s: %s", model, trained["run_id"], " (reused)" if trained["reused"] else "",
                     trained["metrics"])
         published = None
-        if "publish" in selected:
-            published = _publish(cfg, layout, model, trained, indexed, force)
+        if selected == ["publish"] and not force and markers.refused_before(layout, model, trained["run_id"]):
+            # The hourly refresh would ask the gate the same question every hour and fail every hour.
+            logger.warning("%s: the quality gate already refused run %s against the current version; not asked "
+                           "again (force=true publishes it)", model, trained["run_id"])
+        elif "publish" in selected:
+            try:
+                published = _publish(cfg, layout, model, trained, indexed, force)
+            except StageFailed as failure:  # the config's other models still publish
+                logger.error("%s", failure)
+                failures.append(failure)
         models[model] = {"train": trained, "publish": published}
+    if failures:
+        raise failures[0] if len(failures) == 1 else StageFailed("; ".join(str(f) for f in failures))
     return {"index": indexed, "stages": selected, "models": models}
 
 
@@ -173,7 +185,7 @@ def _publish(cfg, layout: StoreLayout, model: str, trained: dict, indexed: dict,
             _refusal_artifact(model, trained, str(failure.__cause__))
         raise
     logger.info("published %s v%d%s", published["model"], published["version"],
-                " (already current)" if published["reused"] else "")
+                " (published before: nothing to do)" if published["reused"] else "")
     _model_artifacts(indexed, trained, published)
     if cfg.publish.map is not None:
         drawn = map_task(cfg, store, model, published["version"])  # cheap next to training: always redrawn
@@ -186,10 +198,14 @@ def _publish(cfg, layout: StoreLayout, model: str, trained: dict, indexed: dict,
 
 def _run(stage_task, marker: markers.StageMarker, label: str, *args) -> dict:
     """Run a stage's task; its cache holds only while the stage's output is on disk."""
-    state = stage_task.with_options(refresh_cache=not marker.done)(*args, return_state=True)
+    # Only ever force a refresh: an explicit False would override PREFECT_TASKS_REFRESH_CACHE.
+    call = stage_task if marker.done else stage_task.with_options(refresh_cache=True)
+    state = call(*args, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
-        raise StageFailed(f"{marker.stage} stage of {label} failed: {error}") from error
+        reason = f"{type(error).__name__}: {error}" if not isinstance(error, LatentstoreError) else str(error)
+        failure = StageFailed(f"{marker.stage} stage of {label} failed: {reason}")
+        raise failure from error if isinstance(error, BaseException) else failure
     result = state.result()
     # A cached result is the summary of the run that did the work: say it was reused.
     return {**result, "reused": True} if state.name == "Cached" else result
@@ -204,19 +220,27 @@ def _stage(label: str, stage: str, call):
 
 
 def _train_on_deployment(deployment: str, config_path: str, store: str, input_path: str | None, snapshot: str,
-                         resume: bool) -> None:
+                         resume: bool, timeout_minutes: float) -> None:
     """The train stage as a flow run of ``deployment`` (its own work pool); waits for it to finish."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     logger.info("training on deployment %s (snapshot %s)", deployment, snapshot)
-    child = run_deployment(name=deployment, timeout=None, poll_interval=2, parameters={
+    child = run_deployment(name=deployment, timeout=timeout_minutes * 60, poll_interval=2, parameters={
         "config_path": config_path, "store": store, "input_path": input_path, "resume": resume,
         "stages": ["train"], "snapshot_id": snapshot})
-    if not child.state or not child.state.is_completed():
-        message = child.state.message if child.state else "no state"
-        raise StageFailed(f"train stage failed on deployment {deployment}: flow run {child.name} ended "
-                          f"{child.state.name if child.state else 'unknown'}: {message}")
+    state = child.state
+    if state is not None and state.is_completed():
+        return
+    if state is None or not state.is_final():
+        # No worker on that pool, or a queue ahead of it: do not hold this deployment's slot forever.
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(child.id, Cancelled(message=f"gave up after {timeout_minutes:g} min"), force=True)
+        raise StageFailed(f"train stage failed: deployment {deployment} did not finish flow run {child.name} within "
+                          f"train_timeout_minutes={timeout_minutes:g} (is a worker running on its pool?); cancelled it")
+    raise StageFailed(f"train stage failed on deployment {deployment}: flow run {child.name} ended "
+                      f"{state.name}: {state.message}")
 
 
 def _lateness(max_lateness_minutes: float | None) -> str | None:

@@ -3,8 +3,8 @@
 Every CONFIG becomes a deployment served by this process (``prefect.serve``), with
 the same guarantees as the work-pool deployments in infra/prefect.yaml: one run
 at a time per deployment (a new one is cancelled while one runs), late runs
-skipped, and the index stage in a child process per run, since a long-lived
-process would otherwise keep the first run's Spark session and settings.
+skipped, and the index stage in a child process per run (a fresh Spark session per run even where
+runs share a process, which would otherwise keep the first run's Spark settings).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The store is the source of truth for what is done, not Prefect's result cache:
 
-    index    id = the input's content key     done = a snapshot with that key exists
+    index    id = dataset + content key       done = a snapshot with that key exists
     train    id = the run id                  done = runs/<run_id>/result.json exists
     publish  id = model + run id              done = the model's current version came from that run
 
@@ -37,8 +37,11 @@ def index_marker(cfg: PipelineConfig, store: StoreLayout) -> StageMarker:
     from jobs.index.job import plan
     from jobs.index.snapshots import find_by_content
 
+    dataset = cfg.index.dataset
     key = plan(cfg.index, store).content_key
-    return StageMarker("index", key, find_by_content(store, cfg.index.dataset, key) is not None, str(store.root))
+    # The dataset is part of the id: two datasets of one store may index the same input.
+    return StageMarker("index", f"{dataset}/{key}", find_by_content(store, dataset, key) is not None,
+                       str(store.root))
 
 
 def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_id: str) -> StageMarker:
@@ -49,9 +52,20 @@ def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_i
 
 
 def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
-    from jobs.publish.registry import current_version, find_run
+    from jobs.publish.registry import current_version, version_records
 
-    published = find_run(store, model, run_id) if store.root.is_dir() else None
-    done = (published is not None and current_version(store, model) == published["version"]
-            and (store.root / published["file"]).is_file())
+    current = current_version(store, model) if store.root.is_dir() else None
+    done = any(r["run_id"] == run_id and r["version"] == current and (store.root / r["file"]).is_file()
+               for r in (version_records(store, model) if current is not None else []))
     return StageMarker("publish", f"{model}/{run_id}", done, str(store.root))
+
+
+def refused_before(store: StoreLayout, model: str, run_id: str) -> bool:
+    """The quality gate already refused this run against the model's current version."""
+    from jobs.publish.registry import current_version, events
+
+    if not store.root.is_dir():
+        return False
+    current = current_version(store, model)
+    return any(e["event"] == "refused" and e.get("run_id") == run_id and e.get("from_version") == current
+               for e in events(store, model))

@@ -7,6 +7,7 @@ boundary; the heavy artifacts stay in the store.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from jobs.common.files import read_json
@@ -14,6 +15,8 @@ from jobs.config import PipelineConfig
 from jobs.index.snapshots import latest_id, read_manifest
 from schemas.errors import StoreError
 from schemas.store import StoreLayout
+
+log = logging.getLogger(__name__)
 
 
 def index(cfg: PipelineConfig, store: StoreLayout) -> dict:
@@ -31,17 +34,22 @@ def index_in_subprocess(config_path: str, input_path: str | None, store: StoreLa
     import subprocess
     import sys
 
+    from jobs.index.__main__ import EXIT_IO_ERROR
     from jobs.index.snapshots import read_manifest
 
     command = [sys.executable, "-m", "jobs.index", config_path, "--store", str(store.root)]
     if input_path is not None:
         command += ["--input", input_path]
     done = subprocess.run(command, capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    for line in lines:
+        log.info("index subprocess: %s", line)
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        error = StoreError if done.returncode == 2 else RuntimeError
-        raise error(f"the index subprocess exited with {done.returncode}: {tail}")
-    summary = json.loads(done.stdout)
+        # Its own one-line "error: ..." when it has one, else the end of its output (a crash).
+        reason = next((line for line in reversed(lines) if line.startswith("error: ")), "\n".join(lines[-15:]))
+        error = {2: StoreError, EXIT_IO_ERROR: OSError}.get(done.returncode, RuntimeError)
+        raise error(f"the index subprocess exited with {done.returncode}: {reason}")
+    summary = json.loads(done.stdout[done.stdout.index("{"):])  # the JSON summary printed last
     return _index_summary(read_manifest(Path(summary["path"])), summary["reused"])
 
 

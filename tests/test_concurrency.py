@@ -62,11 +62,11 @@ def _python(code: str, *args: str, **kw) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def race_store(spark, tmp_path_factory):
-    """A store with v1 current and three more finished runs ready to publish (seeds 1-3)."""
+    """A store with v1 current and four more finished runs ready to publish (seeds 1-4; a run is published once)."""
     base = tmp_path_factory.mktemp("race")
     store = base / "store"
     build_store(pipeline_config(base, name="race", publish=NO_GATE), store)
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, 4):
         stages.train(pipeline_config(base, name="race", train={"seed": seed}), StoreLayout(store))
     return base, store
 
@@ -105,7 +105,7 @@ def test_two_concurrent_publishers_are_serialised(race_store):
         assert "is locked by another publish (pid" in err
         # ...and one that waits is blocked until the lock is released
         first = _python(PUBLISH, base, store, 3, 60)
-        second = _python(PUBLISH, base, store, 1, 60)
+        second = _python(PUBLISH, base, store, 4, 60)
         time.sleep(1.5)
         assert first.poll() is None and second.poll() is None
     outs = [p.communicate(timeout=120) for p in (first, second)]
@@ -123,7 +123,7 @@ def test_an_open_reader_keeps_its_version_and_a_new_one_sees_the_next(race_store
     old = latentstore.connect(store)
     version_before = old.execute("SELECT version FROM race.meta").fetchone()[0]
     vectors_before = old.execute("SELECT key, vector FROM race.item ORDER BY key").fetchall()
-    cfg = pipeline_config(base, name="race", train={"seed": 4}, publish=NO_GATE)
+    cfg = pipeline_config(base, name="race", train={"seed": 5}, publish=NO_GATE)
     stages.train(cfg, StoreLayout(store))
     published = stages.publish(cfg, StoreLayout(store))
     assert published["version"] > version_before

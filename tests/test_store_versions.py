@@ -281,3 +281,24 @@ def test_event_times_strictly_increase_even_if_the_clock_goes_back(tmp_path):
     record = append_event(layout, "m", "rollback", from_version=1, to_version=1)
     assert datetime.fromisoformat(record["at"]) > datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
     assert [e["event"] for e in events(layout, "m")] == ["publish", "rollback"]
+
+
+@pytest.mark.spark
+def test_a_rollback_is_never_undone_by_republishing_the_run_it_replaced(spark, tmp_path):
+    from jobs import stages
+    from jobs.publish.job import rollback
+    from tests.helpers import pipeline_config
+
+    store = StoreLayout(tmp_path / "store")
+    no_gate = {"gate": {"enabled": False}}
+    first, second = (pipeline_config(tmp_path, name="kept", train={"seed": s}, publish=no_gate) for s in (1, 2))
+    for cfg in (first, second):
+        stages.index(cfg, store)
+        stages.train(cfg, store)
+        stages.publish(cfg, store)
+    rollback(store, "kept", 1)
+    again = stages.publish(second, store)  # the hourly refresh asking to publish the run rolled away from
+    assert again["reused"] and again["version"] == 2
+    assert _current(tmp_path / "store", "kept") == 1 and len(list(store.model_dir("kept").glob("*.duckdb"))) == 2
+    forced = stages.publish(second, store, force=True)
+    assert forced["version"] == 3 and _current(tmp_path / "store", "kept") == 3

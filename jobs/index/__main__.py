@@ -18,6 +18,8 @@ from jobs.index.job import run
 from schemas.errors import LatentstoreError
 from schemas.store import StoreLayout
 
+EXIT_IO_ERROR = 3
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs.index", description="Index raw ratings into a snapshot.")
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except LatentstoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # transient storage trouble: the caller may retry
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_IO_ERROR
     print(json.dumps({"snapshot_id": result.snapshot_id, "path": str(result.path), "reused": result.reused,
                       "counts": result.manifest.counts.model_dump()}, indent=2))
     return 0

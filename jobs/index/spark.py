@@ -59,7 +59,8 @@ def _reuse(active, cfg: SparkConfig):
     runtime = {"spark.sql.shuffle.partitions": str(cfg.shuffle_partitions)}
     for key, value in cfg.conf.items():
         (runtime if active.conf.isModifiable(key) else wanted)[key] = str(value)
-    differing = {key: (running.get(key), value) for key, value in wanted.items() if running.get(key) != value}
+    differing = {key: (running.get(key), value) for key, value in wanted.items()
+                 if not _same_setting(key, running.get(key), value)}
     if differing:
         listed = "; ".join(f"{key} is {have!r}, the config asks for {want!r}" for key, (have, want) in differing.items())
         raise ConfigError(
@@ -69,3 +70,13 @@ def _reuse(active, cfg: SparkConfig):
     for key, value in runtime.items():
         active.conf.set(key, value)
     return active
+
+
+def _same_setting(key: str, running: str | None, wanted: str) -> bool:
+    if running is None:
+        return False
+    if key.endswith("extraJavaOptions"):
+        return wanted in running  # Spark appends its own --add-opens options to these
+    if key.endswith("memory"):
+        return running.strip().lower() == wanted.strip().lower()
+    return running == wanted

@@ -38,7 +38,7 @@ from jobs.publish.registry import (
     append_event,
     current_version,
     ensure_format,
-    find_run,
+    version_records,
     known_versions,
     pointers,
     relative,
@@ -89,10 +89,19 @@ def run(
     ensure_format(store)
     with writer_lock(store.lock_file, cfg.lock_timeout_seconds):
         _recover(store)
-        existing = find_run(store, model, result["run_id"])
         current = current_version(store, model)
-        if existing is not None and current == existing["version"]:
+        published = [r for r in version_records(store, model) if r["run_id"] == result["run_id"]]
+        existing = next((r for r in published if r["version"] == current), None)
+        if existing is not None:
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
+            return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
+        if published and not force:
+            # Published before and replaced since (a rollback or a newer run): republishing it automatically would
+            # undo that decision every hour. `rollback --to` brings it back; --force republishes it.
+            existing = published[-1]
+            log.warning("run %s was published as %s %s and is no longer current: not republished (rollback --to "
+                        "%d, or --force)", result["run_id"], model, version_name(existing["version"]),
+                        existing["version"])
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
         current_record = read_json(store.version_record(model, current)) if current is not None else None
         _check_macro_names(store, model, list(result["entities"]))

@@ -54,9 +54,12 @@ def run(
         _prefect_env(store)
         from flows.pipeline import pipeline
 
+        # One process keeps one Spark session: configs with other Spark settings index in a child process each.
+        isolate = len({cfg.index.spark.model_dump_json() for cfg in loaded}) > 1
         for config, cfg in zip(configs, loaded):
             summary = pipeline(config_path=str(config), store=str(store),
-                               input_path=str(input.resolve()) if input else None, resume=resume, force=force)
+                               input_path=str(input.resolve()) if input else None, resume=resume, force=force,
+                               isolate_index=isolate)
             _print_summary(cfg, store, summary)
     except LatentstoreError as exc:
         fail(str(exc))
@@ -75,6 +78,9 @@ def serve(
     Needs a Prefect API (PREFECT_API_URL, e.g. `prefect server start`) for schedules
     and `prefect deployment run`; each config's deployment is <name>-served."""
     setup_logging()
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("latentstore serve needs a Prefect server for its schedules: set PREFECT_API_URL (e.g. "
+             "http://127.0.0.1:4200/api after `prefect server start`); a temporary server would never run them")
     try:
         for config in configs:
             _preflight(config, None)
