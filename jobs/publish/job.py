@@ -40,6 +40,7 @@ from jobs.publish.registry import (
     ensure_format,
     version_records,
     known_versions,
+    pointer_history,
     pointers,
     relative,
     switch_pointer,
@@ -95,6 +96,8 @@ def run(
         if existing is not None:
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
+        ever_current = {e["to_version"] for e in pointer_history(store, model)}
+        published = [r for r in published if r["version"] in ever_current]  # not a killed run's abandoned version
         if published and not force:
             # Published before and replaced since (a rollback or a newer run): republishing it automatically would
             # undo that decision every hour. `rollback --to` brings it back; --force republishes it.
