@@ -35,6 +35,7 @@ from prefect.states import Cancelled
 from jobs import markers
 from jobs import stages as stage_jobs
 from jobs.config import PipelineConfig, load_config
+from jobs.index.job import plan as plan_index
 from schemas.errors import ConfigError, GateRefused, LatentstoreError, StageFailed
 from schemas.store import StoreLayout
 
@@ -74,12 +75,12 @@ _stage_task = dict(**_retries, cache_key_fn=_stage_cache_key, persist_result=Tru
 
 
 @task(name="index", task_run_name="index-{cfg.name}", **_stage_task)
-def index_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, config_path: str,
+def index_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, planned, config_path: str,
                input_path: str | None, isolate: bool) -> dict:
     with job_logs_to_prefect():
         if isolate:
             return stage_jobs.index_in_subprocess(config_path, input_path, StoreLayout(store))
-        return stage_jobs.index(cfg, StoreLayout(store))
+        return stage_jobs.index(cfg, StoreLayout(store), planned)
 
 
 @task(name="train", task_run_name="train-{model}", **_stage_task)
@@ -128,8 +129,10 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     layout = StoreLayout(store)
     store = str(layout.root)
     if "index" in selected:
-        marker = _stage(cfg.name, "index", lambda: markers.index_marker(cfg, layout))
-        indexed = _run(index_task, marker, cfg.name, cfg, store, marker, config_path, input_path, isolate_index)
+        planned = _stage(cfg.name, "index", lambda: plan_index(cfg.index, layout))  # inputs hashed once per run
+        marker = markers.index_marker(cfg, layout, planned)
+        indexed = _run(index_task, marker, cfg.name, cfg, store, marker, planned, config_path, input_path,
+                       isolate_index)
         logger.info("snapshot %s%s: read %d, kept %d, quarantined %d, duplicates %d, superseded %d",
                     indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", *_counts(indexed))
         _counts_artifact(cfg, indexed)

@@ -33,12 +33,12 @@ class StageMarker:
         return f"latentstore-{self.stage}-{stable_hash([self.store, self.id], 24)}"
 
 
-def index_marker(cfg: PipelineConfig, store: StoreLayout) -> StageMarker:
-    from jobs.index.job import plan
+def index_marker(cfg: PipelineConfig, store: StoreLayout, planned) -> StageMarker:
+    """``planned``: the index stage's ``jobs.index.job.plan`` (its content key is the stage id)."""
     from jobs.index.snapshots import find_by_content
 
     dataset = cfg.index.dataset
-    key = plan(cfg.index, store).content_key
+    key = planned.content_key
     # The dataset is part of the id: two datasets of one store may index the same input.
     return StageMarker("index", f"{dataset}/{key}", find_by_content(store, dataset, key) is not None,
                        str(store.root))
@@ -52,11 +52,10 @@ def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_i
 
 
 def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
-    from jobs.publish.registry import current_version, version_records
+    from jobs.publish.registry import current_record_of_run
 
-    current = current_version(store, model) if store.root.is_dir() else None
-    done = any(r["run_id"] == run_id and r["version"] == current and (store.root / r["file"]).is_file()
-               for r in (version_records(store, model) if current is not None else []))
+    record = current_record_of_run(store, model, run_id) if store.root.is_dir() else None
+    done = record is not None and (store.root / record["file"]).is_file()
     return StageMarker("publish", f"{model}/{run_id}", done, str(store.root))
 
 

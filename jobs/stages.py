@@ -19,10 +19,11 @@ from schemas.store import StoreLayout
 log = logging.getLogger(__name__)
 
 
-def index(cfg: PipelineConfig, store: StoreLayout) -> dict:
+def index(cfg: PipelineConfig, store: StoreLayout, planned=None) -> dict:
+    """Index ``cfg`` (``planned``: its ``jobs.index.job.plan`` when already made, so inputs are hashed once)."""
     from jobs.index.job import run
 
-    result = run(cfg.index, store)
+    result = run(cfg.index, store, planned)
     return _index_summary(result.manifest, result.reused)
 
 

@@ -91,8 +91,9 @@ def plan(cfg: IndexConfig, store: StoreLayout) -> Plan:
     return Plan(cfg, probed, files, input_fp, key)
 
 
-def run(cfg: IndexConfig, store: StoreLayout) -> IndexResult:
-    planned = plan(cfg, store)
+def run(cfg: IndexConfig, store: StoreLayout, planned: Plan | None = None) -> IndexResult:
+    """Index ``cfg``; ``planned`` is its plan when the caller already made it (the flow does, for its cache key)."""
+    planned = planned or plan(cfg, store)
     cfg, probed, files, input_fp, key = (planned.cfg, planned.probed, planned.files, planned.input_fingerprint,
                                          planned.content_key)
     existing = find_by_content(store, cfg.dataset, key)

@@ -36,6 +36,7 @@ from jobs.publish.lock import writer_lock
 from jobs.publish.recovery import recover
 from jobs.publish.registry import (
     append_event,
+    current_record_of_run,
     current_version,
     ensure_format,
     version_records,
@@ -91,13 +92,13 @@ def run(
     with writer_lock(store.lock_file, cfg.lock_timeout_seconds):
         _recover(store)
         current = current_version(store, model)
-        published = [r for r in version_records(store, model) if r["run_id"] == result["run_id"]]
-        existing = next((r for r in published if r["version"] == current), None)
+        existing = current_record_of_run(store, model, result["run_id"])
         if existing is not None:
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
-        ever_current = {e["to_version"] for e in pointer_history(store, model)}
-        published = [r for r in published if r["version"] in ever_current]  # not a killed run's abandoned version
+        ever_current = {e["to_version"] for e in pointer_history(store, model)}  # not a killed run's abandoned one
+        published = [r for r in version_records(store, model)
+                     if r["run_id"] == result["run_id"] and r["version"] in ever_current]
         if published and not force:
             # Published before and replaced since (a rollback or a newer run): republishing it automatically would
             # undo that decision every hour. `rollback --to` brings it back; --force republishes it.

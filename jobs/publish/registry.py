@@ -58,11 +58,12 @@ def version_records(store: StoreLayout, model: str | None = None) -> list[dict]:
     return sorted((read_json(p) for p in root.glob(pattern)), key=lambda r: (r["model"], r["version"]))
 
 
-def find_run(store: StoreLayout, model: str, run_id: str) -> dict | None:
-    for record in version_records(store, model):
-        if record["run_id"] == run_id:
-            return record
-    return None
+def current_record_of_run(store: StoreLayout, model: str, run_id: str) -> dict | None:
+    """The record of ``run_id``'s version when it is ``model``'s current one, else None."""
+    current = current_version(store, model)
+    if current is None:
+        return None
+    return next((r for r in version_records(store, model) if r["run_id"] == run_id and r["version"] == current), None)
 
 
 def write_version_record(store: StoreLayout, record: dict) -> None:
