@@ -101,8 +101,11 @@ def _healthy(port: int) -> bool:
 def _wait(ready, timeout: float, what: str, logs, process=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready():
-            return
+        try:
+            if ready():
+                return
+        except OSError:  # a poll the busy server did not answer in time: ask again until the deadline
+            pass
         if process is not None and process.poll() is not None:
             pytest.fail(f"process exited with {process.returncode} while waiting for {what}:\n{logs()}")
         time.sleep(1)
