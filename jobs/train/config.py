@@ -38,6 +38,9 @@ class ModelConfig(StrictModel):
     """auto (first CUDA GPU if present, else CPU), cpu, cuda or cuda:N."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores (at most 8)."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Autocast dtype of training steps. auto: bf16 on CUDA (fp16 on GPUs without bf16), float32 on CPU;
+    bf16 on CPU runs the CUDA code path (slower there: for checks, not speed)."""
 
     @field_validator("device")
     @classmethod
@@ -68,6 +71,10 @@ class MFConfig(ModelConfig):
     of every item the user rated in the training split. Costs one sparse product per step."""
     implicit_weight_decay: float = Field(4.0, ge=0)
     """Decoupled weight decay on the implicit item vectors."""
+    implicit_max_items: int | None = Field(None, ge=1)
+    """Per training step, a user with more rated items than this sums a uniform sample of this many
+    (reweighted: the same sum in expectation), bounding a step's cost; published vectors use every item.
+    None: every item, every step."""
     average_from: float = Field(0.5, ge=0, le=1)
     """Average the weights of every epoch from this fraction of training on (1.0: off)."""
     y_range: tuple[float, float] | None = None

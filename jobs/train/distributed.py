@@ -17,9 +17,11 @@ here is a no-op, so one code path serves both.
 
 Sparse gradients: NCCL cannot all-reduce them; gloo can (checked with torch
 2.13: ``nn.Embedding(sparse=True)`` + SparseAdam under DDP on gloo gives equal
-weights on every rank). The model families here use dense embedding gradients
-(AdamW), so nothing changes under DDP; ``wrap`` refuses a module with sparse
-embeddings on NCCL rather than let it fail inside the first all-reduce.
+weights on every rank). So embedding tables here never carry sparse gradients:
+``mf`` updates its tables row-wise (``jobs.train.row_adamw``), all ranks taking
+the same rows, whose dense gradients ``all_reduce_mean_`` averages; ``wrap`` leaves
+such a module alone, and refuses one with sparse embeddings on NCCL rather than
+let it fail inside the first all-reduce.
 """
 
 from __future__ import annotations
@@ -118,6 +120,18 @@ def all_sum(*values: float) -> list[float]:
     return total.tolist()
 
 
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor over the ranks, in place, as DDP averages gradients (dense, so NCCL can do it;
+    one call for the list)."""
+    if not active() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        tensor.copy_(part.view_as(tensor))
+
+
 def shard(count: int) -> tuple[np.ndarray, bool]:
     """This rank's rows of a batch of ``count`` rows that every rank formed alike: every
     world_size-th row from its rank on; and whether they are real rows.
@@ -142,8 +156,8 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
 
     The learner keeps the bare module for validation, checkpoints and vectors; only
     training steps call the wrapper, whose forward and backward synchronise the ranks."""
-    if not active():
-        return module
+    if not active() or not any(p.requires_grad for p in module.parameters()):
+        return module  # nothing for DDP to average: e.g. tables a row-wise optimiser updates (it all-reduces)
     if backend() == "nccl":
         sparse = [name for name, m in module.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
         if sparse:

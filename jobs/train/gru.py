@@ -121,7 +121,7 @@ class GRULearner:
         self.trained = np.flatnonzero(counts > 0).astype(np.int32)  # the others keep their random initial vectors
         self.noise = torch.from_numpy((counts ** 0.75 / max((counts ** 0.75).sum(), 1e-12))).float().to(device)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.precision = Precision(device)
+        self.precision = Precision(device, cfg.precision)
         self.sequences_done = 0  # drives the learning-rate schedule (exact however the data is blocked)
         self.cases = histories.cases(cfg.eval_users, cfg.seed)
 

@@ -12,6 +12,8 @@ Data-parallel: each rank trains on its rows of every batch (``jobs.train.distrib
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,14 @@ from torch import nn
 
 from jobs.train import distributed
 from jobs.train.config import MFConfig
-from jobs.train.data import Interactions
-from jobs.train.implicit import ImplicitFeedback
+from jobs.train.data import Batch, Interactions
+from jobs.train.implicit import Bags, ImplicitFeedback
 from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
 from jobs.train.precision import Precision
+from jobs.train.prefetch import prefetched
 from jobs.train.progress import Progress
+from jobs.train.row_adamw import RowAdamW
+from jobs.train.rows import Rows, to_device
 from schemas.snapshot import Manifest, interactions_dir
 
 _EVAL_BATCH = 1 << 16
@@ -32,16 +37,44 @@ _EVAL_BATCH = 1 << 16
 DATA_PARALLEL = True
 
 
+Take = Callable[[nn.Parameter, torch.Tensor], torch.Tensor]
+
+
+def gather(table: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    """Plain row lookup (evaluation); training steps take rows through the optimiser instead."""
+    return table[rows]
+
+
+@dataclass(frozen=True)
+class MFBatch:
+    """A batch of ratings as the rows each table gives it (found on the host, see jobs.train.rows)."""
+
+    users: Rows
+    items: Rows
+    bags: Bags | None  # the implicit terms of ``users.rows``, in that order (None without implicit feedback)
+    ratings: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ratings.shape[0]
+
+    def to(self, device: torch.device) -> "MFBatch":
+        return MFBatch(self.users.to(device), self.items.to(device),
+                       self.bags.to(device) if self.bags is not None else None, to_device(self.ratings, device))
+
+    def at(self, positions: np.ndarray) -> "MFBatch":
+        """This rank's positions of a batch every rank formed alike: the same rows, so the same slabs."""
+        index = torch.from_numpy(positions)
+        return MFBatch(self.users.at(index), self.items.at(index), self.bags, self.ratings[index])
+
+
 class BiasedMF(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int, y_range: tuple[float, float],
-                 implicit: ImplicitFeedback | None = None):
+    def __init__(self, n_users: int, n_items: int, dim: int, y_range: tuple[float, float], implicit: bool = False):
         super().__init__()
         self.user = nn.Embedding(n_users, dim)
         self.item = nn.Embedding(n_items, dim)
         self.user_bias = nn.Embedding(n_users, 1)
         self.item_bias = nn.Embedding(n_items, 1)
-        self.implicit = implicit
-        self.item_implicit = nn.Embedding(n_items, dim) if implicit is not None else None
+        self.item_implicit = nn.Embedding(n_items, dim) if implicit else None
         self.low, self.high = y_range
 
     def reset_parameters(self, generator: torch.Generator, std: float) -> None:
@@ -49,17 +82,33 @@ class BiasedMF(nn.Module):
             for table in self.vector_tables() + self.implicit_tables() + self.bias_tables():
                 table.normal_(0.0, std, generator=generator)
 
-    def user_vectors(self, users: torch.Tensor | None = None) -> torch.Tensor:
-        """Vectors of ``users`` (all users when None), implicit term included."""
-        if self.implicit is None:
-            return self.user.weight if users is None else self.user(users)
-        every = self.user.weight + self.implicit.user_terms(self.item_implicit.weight).to(self.user.weight.dtype)
-        return every if users is None else every[users]
+    def forward(self, batch: MFBatch, take: Take = gather) -> torch.Tensor:
+        """Predicted ratings of a batch; ``take`` gathers each table's rows (and lets training update them)."""
+        users, items = batch.users, batch.items
+        user_vectors = take(self.user.weight, users.rows)
+        if batch.bags is not None:
+            user_vectors = user_vectors + batch.bags.sums(take(self.item_implicit.weight, batch.bags.items.rows))
+        item_vectors = take(self.item.weight, items.rows)
+        user_bias = take(self.user_bias.weight, users.rows)
+        item_bias = take(self.item_bias.weight, items.rows)
+        score = (user_vectors[users.slots] * item_vectors[items.slots]).sum(dim=1)
+        score = score + user_bias[users.slots, 0] + item_bias[items.slots, 0]
+        return self.squash(score)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        score = (self.user_vectors(users) * self.item(items)).sum(dim=1)
-        score = score + self.user_bias(users).squeeze(1) + self.item_bias(items).squeeze(1)
+    def squash(self, score: torch.Tensor) -> torch.Tensor:
         return self.low + (self.high - self.low) * torch.sigmoid(score)
+
+    def user_vectors(self, implicit: ImplicitFeedback | None) -> torch.Tensor:
+        """Every user's vector, the exact implicit term included: what is published and validated."""
+        vectors = self.user.weight.detach()
+        if implicit is None or self.item_implicit is None:
+            return vectors
+        return vectors + implicit.user_terms(self.item_implicit.weight.detach()).to(vectors.dtype)
+
+    def predict(self, users: torch.Tensor, items: torch.Tensor, user_vectors: torch.Tensor) -> torch.Tensor:
+        score = (user_vectors[users] * self.item.weight[items]).sum(dim=1)
+        score = score + self.user_bias.weight[users, 0] + self.item_bias.weight[items, 0]
+        return self.squash(score)
 
     def vector_tables(self) -> list[nn.Parameter]:
         return [self.user.weight, self.item.weight]
@@ -70,58 +119,65 @@ class BiasedMF(nn.Module):
     def bias_tables(self) -> list[nn.Parameter]:
         return [self.user_bias.weight, self.item_bias.weight]
 
-    def entities(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per entity: (vectors [n, dim], biases [n]) as published."""
-        with torch.no_grad():
-            return {
-                "user": (self.user_vectors().detach(), self.user_bias.weight.detach().squeeze(1)),
-                "item": (self.item.weight.detach(), self.item_bias.weight.detach().squeeze(1)),
-            }
-
 
 class MFLearner:
-    """Trains ``BiasedMF`` on ratings: MSE, fused AdamW with decoupled weight decay on the vectors
-    only, a one-cycle schedule over all epochs, validation RMSE."""
+    """Trains ``BiasedMF`` on ratings: MSE, row-wise AdamW (``jobs.train.row_adamw``: a step updates the
+    batch's rows only) with decoupled weight decay, a one-cycle schedule over all epochs, validation RMSE."""
 
     metric = Metric("valid_rmse", "minimize")
 
     def __init__(self, model: BiasedMF, cfg: MFConfig, train: Interactions, valid: Interactions | None,
-                 device: torch.device):
+                 device: torch.device, implicit: ImplicitFeedback | None = None):
         self.module = model.to(device)
         self.train_module: nn.Module = self.module
-        self.cfg, self.train_data, self.device = cfg, train, device
+        self.cfg, self.train_data, self.device, self.implicit = cfg, train, device, implicit
         self.valid_data = valid if valid is not None and valid.rows else None
+        self.sizes = (model.user.weight.shape[0], model.item.weight.shape[0])
         groups = [
             {"params": model.vector_tables(), "weight_decay": cfg.weight_decay},
             {"params": model.implicit_tables(), "weight_decay": cfg.implicit_weight_decay},
             {"params": model.bias_tables(), "weight_decay": cfg.bias_weight_decay},
         ]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.99),
-                                           fused=True)
+        self.optimizer = RowAdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.99),
+                                  dense_rows=cfg.batch_size)
         steps = train.steps_per_epoch(cfg.batch_size)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr,
                                                             total_steps=max(cfg.epochs * steps, 1))
-        self.precision = Precision(device)
+        # no loss scaling: the row-wise optimiser reads the slabs' gradients itself, and bf16 needs none
+        self.precision = Precision(device, cfg.precision, loss_scaling=False)
+
+    def batch(self, whole: Batch, rng: np.random.Generator) -> MFBatch:
+        """Rows and implicit bags of a batch, found on the host (the same on every rank)."""
+        users = Rows.of(whole.users.numpy(), self.sizes[0])
+        bags = self.implicit.bags(users.rows.numpy(), rng) if self.implicit is not None else None
+        return MFBatch(users, Rows.of(whole.items.numpy(), self.sizes[1]), bags, whole.ratings)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        total, count = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no per-step sync
+        count = 0
+        rng = np.random.default_rng([self.cfg.seed, epoch, 0x1B])  # implicit-term samples
         progress = Progress(f"epoch {epoch}/{self.cfg.epochs}", self.train_data.rows, "ratings")
-        for whole in self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch):
-            rows, real = distributed.shard(len(whole))  # all of it in one process
-            batch = (whole if rows.size == len(whole) else whole.take(rows)).to(self.device)
+        wholes = self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch)
+        for size, batch in prefetched(wholes, lambda whole: (len(whole), self.batch(whole, rng))):
+            rows, real = distributed.shard(size)  # all of it in one process
+            batch = (batch if rows.size == size else batch.at(rows)).to(self.device)
             mine = len(batch) if real else 0
             with self.precision.autocast():
-                loss = nn.functional.mse_loss(self.train_module(batch.users, batch.items).float(), batch.ratings)
-            self.precision.step(loss * distributed.loss_weight(mine, len(whole)), self.optimizer)
+                predicted = self.train_module(batch, self.optimizer.take)
+            loss = nn.functional.mse_loss(predicted.float(), batch.ratings)
+            self.precision.step(loss * distributed.loss_weight(mine, size), self.optimizer)
             self.schedule.step()
-            total += float(loss.detach()) * mine
+            total += loss.detach() * mine
             count += mine
-            progress.advance(len(whole))
-        total, count = distributed.all_sum(total, count)
+            progress.advance(size)
+        self.optimizer.flush()  # rows the last steps skipped catch up: validation and vectors read whole tables
+        total, count = distributed.all_sum(float(total), count)
         return {"train_rmse": math.sqrt(total / max(count, 1)), "lr": self.schedule.get_last_lr()[0]}
 
     def evaluate(self) -> dict[str, float]:
-        return {"valid_rmse": rmse(self.module, self.valid_data, self.device)} if self.valid_data else {}
+        if not self.valid_data:
+            return {}
+        return {"valid_rmse": rmse(self.module, self.valid_data, self.device, self.implicit)}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
@@ -133,27 +189,32 @@ class MFLearner:
         self.precision.load_state_dict(state["precision"])
 
     def entities(self) -> dict[str, EntityVectors]:
+        with torch.no_grad():
+            tables = {
+                "user": (self.module.user_vectors(self.implicit), self.module.user_bias.weight),
+                "item": (self.module.item.weight, self.module.item_bias.weight),
+            }
         published = {}
-        for entity, (vectors, biases) in self.module.entities().items():
-            matrix = vectors.float().cpu().numpy()
+        for entity, (vectors, biases) in tables.items():
+            matrix = vectors.detach().float().cpu().numpy()
             published[entity] = EntityVectors(
                 vocab=entity, index=np.arange(matrix.shape[0], dtype=np.int32), vectors=matrix,
-                bias=biases.float().cpu().numpy(), space="ratings",
+                bias=biases.detach().float().squeeze(1).cpu().numpy(), space="ratings",
             )
         return published
 
 
-def rmse(model: BiasedMF, data: Interactions, device: torch.device) -> float:
-    model.eval()
-    total, count = 0.0, 0
+def rmse(model: BiasedMF, data: Interactions, device: torch.device, implicit: ImplicitFeedback | None) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     with torch.no_grad():
+        user_vectors = model.user_vectors(implicit)
         for batch in data.in_order(_EVAL_BATCH):
             batch = batch.to(device)
-            err = model(batch.users, batch.items).float() - batch.ratings
-            total += float((err * err).sum())
+            err = model.predict(batch.users, batch.items, user_vectors).float() - batch.ratings
+            total += (err * err).sum()
             count += len(batch)
-    model.train()
-    return math.sqrt(total / count) if count else float("nan")
+    return math.sqrt(float(total) / count) if count else float("nan")
 
 
 def y_range_for(cfg: MFConfig, manifest: Manifest) -> tuple[float, float]:
@@ -163,13 +224,18 @@ def y_range_for(cfg: MFConfig, manifest: Manifest) -> tuple[float, float]:
     return (low - 0.5, high + 0.5)
 
 
-def build_model(cfg: MFConfig, train: Interactions, sizes: dict[str, int], y_range: tuple[float, float],
-                device: torch.device) -> BiasedMF:
-    """The seeded, initialised model for ``cfg`` (with its implicit-feedback matrix from ``train``)."""
-    implicit = ImplicitFeedback(*train.pairs(), sizes["user"], sizes["item"], device) if cfg.implicit else None
-    model = BiasedMF(sizes["user"], sizes["item"], cfg.dim, y_range, implicit)
+def build_model(cfg: MFConfig, sizes: dict[str, int], y_range: tuple[float, float]) -> BiasedMF:
+    """The seeded, initialised model for ``cfg``."""
+    model = BiasedMF(sizes["user"], sizes["item"], cfg.dim, y_range, cfg.implicit)
     model.reset_parameters(torch.Generator().manual_seed(cfg.seed), cfg.init_std)
     return model
+
+
+def implicit_feedback(cfg: MFConfig, train: Interactions, sizes: dict[str, int]) -> ImplicitFeedback | None:
+    """Each user's rated items of the training split, when ``cfg.implicit``."""
+    if not cfg.implicit:
+        return None
+    return ImplicitFeedback(*train.pairs(), sizes["user"], sizes["item"], cfg.implicit_max_items)
 
 
 def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:
@@ -177,12 +243,12 @@ def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.d
     valid = Interactions.from_dir(snapshot_dir / interactions_dir("valid"), cfg.shuffle_buffer_rows)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
     y_range = y_range_for(cfg, manifest)
-    model = build_model(cfg, train, sizes, y_range, device)
+    model = build_model(cfg, sizes, y_range)
     averaging = cfg.average_from < 1
     loop = LoopConfig(cfg.epochs, patience=cfg.patience, average_from=cfg.average_from if averaging else None,
                       restore_best=not averaging)
     return Built(
-        MFLearner(model, cfg, train, valid, device), loop,
+        MFLearner(model, cfg, train, valid, device, implicit_feedback(cfg, train, sizes)), loop,
         {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes},
         f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {train.rows} train / {valid.rows} valid ratings",
     )
