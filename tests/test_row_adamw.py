@@ -105,3 +105,17 @@ def test_refuses_a_learning_rate_times_weight_decay_that_would_flip_signs():
     with pytest.raises(ValueError, match="lower train.lr or the weight decay"):
         opt.step()
     assert math.isfinite(float(table.detach().sum()))
+
+
+def test_per_touch_decay_shrinks_a_row_once_per_step_that_uses_it():
+    # a zero gradient leaves Adam's move at zero: what remains is the weight decay
+    table = nn.Parameter(torch.ones(6, 2))
+    opt = RowAdamW([table], lr=0.1, weight_decay=0.5, decay_per_touch=True)
+    uses = [torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([1, 2]), torch.tensor([1])]
+    for rows in uses:
+        (opt.take(table, rows) * 0).sum().backward()
+        opt.step()
+    opt.flush()
+    shrink = 1 - 0.1 * 0.5
+    expected = torch.tensor([shrink, shrink**4, shrink, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(table.detach()[:, 0], expected)

@@ -60,10 +60,17 @@ class MFConfig(ModelConfig):
 
     model: Literal["mf"] = "mf"
     """Model family. ``mf``: explicit ratings (fast.ai EmbeddingDotBias)."""
-    batch_size: int = Field(2048, ge=1)
-    """Ratings per optimiser step."""
+    dim: int = Field(64, ge=1, le=4096)
+    """Vector size."""
+    batch_size: int | None = Field(None, ge=1)
+    """Ratings per optimiser step. None: chosen from the data and the device (``jobs.train.mf.scaled``):
+    about 1/48 of the training ratings, a power of two between 2048 and 65,536 (262,144 on CUDA)."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the one-cycle schedule. None: 0.015 at batch 2048, x2 per 32x larger batch
+    (batch ** 0.2; measured best at 2048 and 65,536)."""
     weight_decay: float = Field(1.5, ge=0)
-    """Decoupled weight decay on the user and item vectors."""
+    """Decoupled weight decay on the user and item vectors: lr x weight_decay per step that uses a row
+    (tables larger than a batch) or per step (smaller tables, updated whole: see jobs.train.row_adamw)."""
     bias_weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay on the biases (0 works best: biases carry popularity)."""
     implicit: bool = True
@@ -79,7 +86,7 @@ class MFConfig(ModelConfig):
     """Average the weights of every epoch from this fraction of training on (1.0: off)."""
     y_range: tuple[float, float] | None = None
     """Output range of the sigmoid; default: the snapshot's rating range widened by 0.5 each side."""
-    init_std: float = Field(0.01, gt=0)
+    init_std: float = Field(0.05, gt=0)
     """Standard deviation of the initial vectors."""
     patience: int = Field(3, ge=1)
     """Stop when validation RMSE has not improved for this many epochs."""

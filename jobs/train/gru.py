@@ -33,6 +33,7 @@ from jobs.train.config import GRUConfig
 from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
 from jobs.train.precision import Precision
 from jobs.train.progress import Progress
+from jobs.train.rows import to_device
 from jobs.train.sequences import Histories, Ragged, Sessions, epoch_rng, torch_generator
 from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR, Manifest
 from schemas.vocab import UNKNOWN_INDEX
@@ -149,7 +150,7 @@ class GRULearner:
         generator = torch_generator(rng)
         total = max(cfg.epochs * self.sessions.sequences, 1)
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", self.sessions.tokens, "events")
-        loss_sum, predicted = 0.0, 0
+        loss_sum, predicted = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for block in self.sessions.blocks(cfg.seed, epoch):
             for rows in _batches(block, cfg.batch_size, rng):
                 lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
@@ -160,12 +161,13 @@ class GRULearner:
                 if not wanted:
                     continue  # nothing to predict (only unknown tokens): no step, on any rank
                 mine, real = distributed.shard(len(rows))  # all of it in one process
-                tokens, lengths = (whole if mine.size == len(rows) else whole.take(mine)).padded()
-                tokens = tokens.to(self.device)
+                part = whole if mine.size == len(rows) else whole.take(mine)
+                tokens, lengths = part.padded()
+                tokens = to_device(tokens, self.device)
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
-                valid = (torch.arange(targets.shape[1], device=self.device)[None, :] < (lengths.to(self.device) - 1)[:, None])
+                valid = (torch.arange(targets.shape[1], device=self.device)[None, :] < (to_device(lengths, self.device) - 1)[:, None])
                 valid &= targets != UNKNOWN_INDEX
-                count = int(valid.sum()) if real else 0
+                count = _targets(part) if real else 0  # counted on the host: no wait on the device
                 if not count:  # this rank has nothing to predict but must take part in the step: a stand-in, weight 0
                     valid = torch.zeros_like(valid)
                     valid[0, 0] = True
@@ -175,9 +177,9 @@ class GRULearner:
                     states = self.train_module(inputs)[valid]
                     loss = self._loss(states, targets[valid], generator)
                 self.precision.step(loss * distributed.loss_weight(count, wanted), self.optimizer)
-                loss_sum += float(loss.detach()) * count
+                loss_sum += loss.detach().double() * count  # stays on the device until the epoch ends
                 predicted += count
-        loss_sum, predicted = distributed.all_sum(loss_sum, predicted)
+        loss_sum, predicted = distributed.all_sum(float(loss_sum), predicted)
         return {"train_loss": loss_sum / max(predicted, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "events_per_s": progress.rate}
 

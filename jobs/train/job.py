@@ -101,8 +101,13 @@ def run(
                      extra={"run_id": run_id, "config": cfg.model_dump(mode="json"), "params": built.params})
     # rank 0 decides; every rank then reads the same file (they share the store: they read its snapshot too)
     if distributed.broadcast(checkpoint.is_file() and resume):
-        loop.load_checkpoint(torch.load(checkpoint, map_location=device, weights_only=False))
-        log.info("resuming run %s after epoch %d", run_id, loop.state.epochs_done)
+        payload = torch.load(checkpoint, map_location=device, weights_only=False)
+        if payload.get("params") == built.params:
+            loop.load_checkpoint(payload)
+            log.info("resuming run %s after epoch %d", run_id, loop.state.epochs_done)
+        else:  # e.g. a batch size chosen for another device: its schedule cannot continue here
+            log.warning("run %s: the checkpoint was made with other settings (%s, now %s); starting over",
+                        run_id, payload.get("params"), built.params)
     built.learner.train_module = distributed.wrap(built.learner.module, device)
     log.info("training %s %s on %s (%d threads%s): %s", cfg.model, cfg.name, device, threads,
              f", rank {distributed.rank()} of {world}" if world > 1 else "", built.description)

@@ -139,7 +139,7 @@ class MFLearner:
             {"params": model.bias_tables(), "weight_decay": cfg.bias_weight_decay},
         ]
         self.optimizer = RowAdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.99),
-                                  dense_rows=cfg.batch_size)
+                                  dense_rows=cfg.batch_size, decay_per_touch=True)
         steps = train.steps_per_epoch(cfg.batch_size)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr,
                                                             total_steps=max(cfg.epochs * steps, 1))
@@ -238,9 +238,30 @@ def implicit_feedback(cfg: MFConfig, train: Interactions, sizes: dict[str, int])
     return ImplicitFeedback(*train.pairs(), sizes["user"], sizes["item"], cfg.implicit_max_items)
 
 
+#: The batch-size rule: about this many steps per epoch, within [min, max] (max per device type).
+AUTO_STEPS_PER_EPOCH, AUTO_MIN_BATCH, AUTO_MAX_BATCH = 48, 2048, {"cpu": 1 << 16, "cuda": 1 << 18}
+#: The learning rate at AUTO_MIN_BATCH, and its growth with the batch (x2 per 32x).
+AUTO_BASE_LR, AUTO_LR_POWER = 0.015, 0.2
+
+
+def scaled(cfg: MFConfig, train_rows: int, device: torch.device) -> MFConfig:
+    """``cfg`` with its batch size and learning rate filled in where left to the data and device.
+
+    Fewer, larger steps where there is more data (a step's fixed cost is amortised over more ratings;
+    on a GPU a small batch leaves it idle); the learning rate grows with the batch's fifth root.
+    Measured on 2.8M synthetic ratings: batch 2048 0.644 RMSE at 0.22M ratings/s, 65,536 0.599 at 0.81M/s."""
+    batch = cfg.batch_size
+    if batch is None:
+        wanted = 1 << max(int(math.ceil(math.log2(max(train_rows, 1) / AUTO_STEPS_PER_EPOCH))), 0)
+        batch = min(max(wanted, AUTO_MIN_BATCH), AUTO_MAX_BATCH.get(device.type, AUTO_MAX_BATCH["cpu"]))
+    lr = cfg.lr if cfg.lr is not None else AUTO_BASE_LR * (max(batch, AUTO_MIN_BATCH) / AUTO_MIN_BATCH) ** AUTO_LR_POWER
+    return cfg.model_copy(update={"batch_size": batch, "lr": lr})
+
+
 def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:
     train = Interactions.from_dir(snapshot_dir / interactions_dir("train"), cfg.shuffle_buffer_rows)
     valid = Interactions.from_dir(snapshot_dir / interactions_dir("valid"), cfg.shuffle_buffer_rows)
+    cfg = scaled(cfg, train.rows, device)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
     y_range = y_range_for(cfg, manifest)
     model = build_model(cfg, sizes, y_range)
@@ -249,6 +270,7 @@ def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.d
                       restore_best=not averaging)
     return Built(
         MFLearner(model, cfg, train, valid, device, implicit_feedback(cfg, train, sizes)), loop,
-        {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes},
-        f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {train.rows} train / {valid.rows} valid ratings",
+        {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {train.rows} train / {valid.rows} valid "
+        f"ratings, batch {cfg.batch_size}, lr {cfg.lr:.4g}",
     )

@@ -20,6 +20,14 @@ dense AdamW would still make on an untouched row from its stale momentum (the
 every step, or with beta1 = 0, a step equals ``torch.optim.AdamW`` (the tests hold it
 to that).
 
+``decay_per_touch=True`` decays a row once per step that touches it instead
+(classic SGD matrix factorisation regularises a row per rating it appears in).
+Why it exists: with per-step decay, a row's shrinkage between two of its
+updates grows with the number of steps between them, i.e. with the data's size
+over the batch's, so a default tuned on a small set underfits a large one
+(measured on 2.8M synthetic ratings, batch 2048: RMSE 0.954 against 0.69 at batch
+65536). Per touch, the ratio of decays to updates is one whatever the batch.
+
 A table with no more rows than ``dense_rows`` (the learner passes its batch size:
 a step costs that much anyway) is updated whole, exactly as AdamW, from an
 ordinary gradient: for small tables that is cheaper than finding rows.
@@ -44,8 +52,9 @@ _DECAY, _BETA1, _BETA2 = range(3)
 
 class RowAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, dense_rows: int = 0):
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+                 weight_decay: float = 0.0, dense_rows: int = 0, decay_per_touch: bool = False):
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "decay_per_touch": decay_per_touch}
         super().__init__(params, defaults)
         self._taken: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:
@@ -98,7 +107,7 @@ class RowAdamW(torch.optim.Optimizer):
             if table.requires_grad:
                 continue  # dense: updated every step, nothing to catch up
             logs = self._state(table)["logs"]  # a device tensor: updating it with Python scalars never syncs
-            logs[_DECAY] += math.log1p(-lr * wd)
+            logs[_DECAY] += 0.0 if group["decay_per_touch"] else math.log1p(-lr * wd)
             logs[_BETA1] += math.log(beta1) if beta1 > 0 else -math.inf
             logs[_BETA2] += math.log(beta2)
 
@@ -157,6 +166,8 @@ class RowAdamW(torch.optim.Optimizer):
         missed = torch.exp(state["logs"][None, :] - state["marks"][rows])
         if beta1 == 0:  # log 0 = -inf: exp(-inf - -inf) is nan, but the moment is simply forgotten
             missed[:, _BETA1] = 0.0
+        if group["decay_per_touch"]:
+            missed[:, _DECAY] = 1.0 - lr * group["weight_decay"]
         missed = missed.to(table.dtype)
         grad = grad.to(table.dtype)
         weights = table.data[rows].mul_(missed[:, _DECAY, None])

@@ -38,6 +38,7 @@ from jobs.train import ranking
 from jobs.train.config import SkipgramConfig
 from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
 from jobs.train.progress import Progress
+from jobs.train.rows import to_device
 from jobs.train.sequences import Histories, Ragged, Sessions, epoch_rng, torch_generator
 from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR, Manifest
 from schemas.vocab import UNKNOWN_INDEX
@@ -145,15 +146,18 @@ class SkipgramLearner:
                 generator = torch_generator(epoch_rng(cfg.seed, epoch, b, c))
                 inputs, targets = pairs(chunk, self.keep, cfg.window, generator)
                 order = torch.randperm(inputs.numel(), generator=generator)
-                inputs, targets = inputs[order].to(self.device), targets[order].to(self.device)
+                inputs, targets = to_device(inputs[order], self.device), to_device(targets[order], self.device)
+                # negatives drawn where they are used: a host tensor copied every step would make a GPU wait
+                draws = generator if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(
+                    int(torch.randint(0, 2**62, (1,), generator=generator)))
                 words = int(chunk.values.size)
                 steps = max(1, math.ceil(inputs.numel() / cfg.batch_size))
                 for step, start in enumerate(range(0, inputs.numel(), cfg.batch_size)):
                     lr = self._lr((done + words * step / steps) / total)
                     batch_inputs, batch_targets = inputs[start:start + cfg.batch_size], targets[start:start + cfg.batch_size]
                     negatives = self.table[
-                        (torch.rand(cfg.negatives, batch_inputs.numel(), generator=generator) * self.table.numel())
-                        .long().to(self.device)
+                        (torch.rand(cfg.negatives, batch_inputs.numel(), generator=draws, device=self.device)
+                         * self.table.numel()).long()
                     ]
                     loss_sum += self._step(batch_inputs, batch_targets, negatives, lr)
                 pair_count += inputs.numel()
