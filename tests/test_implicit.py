@@ -72,3 +72,16 @@ def test_sampled_bags_are_the_exact_sum_in_expectation():
     assert (draws[0] - exact).abs().max() > 0.1
     standard_error = draws.std(0) / len(draws) ** 0.5
     assert ((draws.mean(0) - exact).abs() <= 4.5 * standard_error + 1e-6).all()
+
+
+def test_the_bag_cap_is_the_largest_within_the_budget_and_none_when_all_fits():
+    from jobs.train.mf import bag_cap
+
+    counts = np.array([0, 3, 5, 200, 400, 1000])
+    assert bag_cap(counts, batch_size=10_000, budget=1000) is None  # every bag whole fits
+
+    def cost(cap):  # as simulated: every user is in a batch of the whole data
+        return np.minimum(counts, cap).sum()
+
+    cap = bag_cap(counts, batch_size=int(counts.sum()), budget=400 / counts.sum())
+    assert cost(cap) <= 400 < cost(cap + 1)

@@ -232,10 +232,34 @@ def build_model(cfg: MFConfig, sizes: dict[str, int], y_range: tuple[float, floa
 
 
 def implicit_feedback(cfg: MFConfig, train: Interactions, sizes: dict[str, int]) -> ImplicitFeedback | None:
-    """Each user's rated items of the training split, when ``cfg.implicit``."""
+    """Each user's rated items of the training split, when ``cfg.implicit``; its per-step cap on a bag
+    from ``implicit_max_items``, else from ``implicit_budget`` and the batch size."""
     if not cfg.implicit:
         return None
-    return ImplicitFeedback(*train.pairs(), sizes["user"], sizes["item"], cfg.implicit_max_items)
+    users, items = train.pairs()
+    cap = cfg.implicit_max_items
+    if cap is None and cfg.implicit_budget is not None:
+        counts = np.bincount(users, minlength=sizes["user"])
+        cap = bag_cap(counts, cfg.batch_size, cfg.implicit_budget)
+    return ImplicitFeedback(users, items, sizes["user"], sizes["item"], cap)
+
+
+def bag_cap(counts: np.ndarray, batch_size: int, budget: float) -> int | None:
+    """The largest per-user bag size whose expected cost per step stays within ``budget`` x ``batch_size``
+    lookups (None when every bag fits whole). A user with n of the N ratings is in a batch of B with
+    probability 1 - (1 - B/N)^n."""
+    counts = counts[counts > 0].astype(np.float64)
+    share = min(batch_size / max(counts.sum(), 1.0), 1.0)
+    present = 1.0 - np.exp(counts * np.log1p(-share)) if share < 1 else np.ones_like(counts)
+    cost = lambda cap: float(np.sum(present * np.minimum(counts, cap)))  # noqa: E731
+    allowed = budget * batch_size
+    if counts.size == 0 or cost(counts.max()) <= allowed:
+        return None
+    low, high = 1, int(counts.max())
+    while low < high:  # the largest cap within the budget
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if cost(middle) <= allowed else (low, middle - 1)
+    return low
 
 
 #: The batch-size rule: about this many steps per epoch, within [min, max] (max per device type).
@@ -268,9 +292,11 @@ def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.d
     averaging = cfg.average_from < 1
     loop = LoopConfig(cfg.epochs, patience=cfg.patience, average_from=cfg.average_from if averaging else None,
                       restore_best=not averaging)
+    implicit = implicit_feedback(cfg, train, sizes)
     return Built(
-        MFLearner(model, cfg, train, valid, device, implicit_feedback(cfg, train, sizes)), loop,
-        {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        MFLearner(model, cfg, train, valid, device, implicit), loop,
+        {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes, "batch_size": cfg.batch_size, "lr": cfg.lr,
+         "implicit_max_items": implicit.max_items if implicit else None},
         f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {train.rows} train / {valid.rows} valid "
         f"ratings, batch {cfg.batch_size}, lr {cfg.lr:.4g}",
     )
