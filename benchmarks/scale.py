@@ -46,7 +46,6 @@ from jobs.index.snapshots import latest_id, read_manifest  # noqa: E402
 from schemas.store import StoreLayout  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "scale"
-CLI = Path(sys.executable).parent / "latentstore"
 ML25M = {"users": 162_541, "items": 59_047, "ratings_per_user": 155}
 ALS_REG_GRID = (0.05, 0.1, 0.2)
 DIM, EPOCHS = 64, 10
@@ -100,7 +99,9 @@ def _events_config(users: int, epochs: int) -> Path:
 def _stage(stage: str, config: Path, store: Path, *extra: str) -> tuple[float, float, str]:
     """(seconds, peak RSS MB of the process tree, output) of one CLI stage in its own process."""
     started = time.perf_counter()
-    with subprocess.Popen([str(CLI), stage, str(config), "--store", str(store), *extra], cwd=ROOT,
+    # ``-m`` from ROOT: the stages run this tree's code (a worktree's, when the benchmark runs from one)
+    with subprocess.Popen([sys.executable, "-m", "latentstore.cli", stage, str(config), "--store", str(store),
+                           *extra], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
         with PeakRss(child.pid) as peak:
             output, _ = child.communicate()

@@ -66,8 +66,8 @@ class MFConfig(ModelConfig):
     """Ratings per optimiser step. None: chosen from the data and the device (``jobs.train.mf.scaled``):
     about 1/48 of the training ratings, a power of two between 2048 and 65,536 (262,144 on CUDA)."""
     lr: float | None = Field(None, gt=0)
-    """Peak learning rate of the one-cycle schedule. None: 0.015 at batch 2048, x2 per 32x larger batch
-    (batch ** 0.2; measured best at 2048 and 65,536)."""
+    """Peak learning rate of the one-cycle schedule. None: 0.015 (see jobs.train.mf.AUTO_BASE_LR for why
+    it does not grow with the batch)."""
     weight_decay: float = Field(1.5, ge=0)
     """Decoupled weight decay on the user and item vectors: lr x weight_decay per step that uses a row
     (tables larger than a batch) or per step (smaller tables, updated whole: see jobs.train.row_adamw)."""
