@@ -59,3 +59,31 @@ def test_indexing_is_one_to_one_contiguous_and_order_free(spark, keys, data):
     expected = sorted(counts, key=lambda kc: (-kc[1], kc[0].encode()))
     assert [k for k, _ in expected] == [k for k, _, _ in sorted(first, key=lambda r: r[1])]
 
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    vocab_keys=st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=15, unique=True),
+    frame_keys=st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=20),
+)
+def test_the_hash_join_gives_the_same_indices_as_the_key_join(spark, vocab_keys, frame_keys):
+    from jobs.index.vocab import hash_is_injective
+
+    vocab = spark.createDataFrame([(k, n + 1, 1) for n, k in enumerate(vocab_keys)], "key string, index int, count long")
+    frame = spark.createDataFrame([(k,) for k in frame_keys], "user string")
+    meeting = spark.createDataFrame([(k,) for k in vocab_keys + frame_keys], "key string")
+    assert hash_is_injective(meeting)  # 64-bit hashes of a few short strings: no collision
+
+    def indexed(hashed):
+        return sorted(tuple(r) for r in apply_vocab(frame, "user", vocab, broadcast=True, hashed=hashed).collect())
+
+    assert indexed(True) == indexed(False)
+
+
+def test_hash_check_counts_keys_against_hashes(spark):
+    from jobs.index.vocab import hash_is_injective
+
+    repeated = spark.createDataFrame([("a",), ("a",), ("b",)], "key string")
+    assert hash_is_injective(repeated)  # repeats of one key are one key
+    # Told the keys are distinct when they are not, two keys share one hash: the check refuses.
+    assert not hash_is_injective(repeated, distinct=True)

@@ -53,9 +53,10 @@ def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
     vocab_stats, indexed = {}, kept
     for entity in ENTITIES:  # keep the keys (sessions are per user key; ties break on the token's text)
         with ctx.timed(f"vocab_{entity}"):
-            vocab, vocab_stats[entity] = vocabulary(ctx, kept, entity)
-        indexed = apply_vocab(indexed.withColumn(f"{entity}_index", F.col(entity)), f"{entity}_index", vocab,
-                              broadcast=vocab_stats[entity].keys <= BROADCAST_MAX_KEYS)
+            vocab = vocabulary(ctx, kept, entity)
+        vocab_stats[entity] = vocab.stats
+        indexed = apply_vocab(indexed.withColumn(f"{entity}_index", F.col(entity)), f"{entity}_index", vocab.frame,
+                              broadcast=vocab.stats.keys <= BROADCAST_MAX_KEYS, hashed=vocab.hash_join)
     ordered = ctx.persist(sessionize(indexed, events.session_gap_seconds * 1000, events.max_length, events.holdout,
                                      events.history_length))
     with ctx.timed("write_sessions"):

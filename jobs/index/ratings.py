@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from jobs.index.config import IndexConfig
 from jobs.index.probe import ProbedInput
 from jobs.index.read import ratings_columns, read_raw
-from jobs.index.rules import RAW_COLUMNS, deduplicate, mixed_extra_versions, validate
+from jobs.index.rules import deduplicate, mixed_extra_versions, quarantined, validate
 from jobs.index.split import split_column
 from jobs.index.steps import (
     BROADCAST_MAX_KEYS,
@@ -22,28 +22,29 @@ from jobs.index.steps import (
 )
 from jobs.index.vocab import apply_vocab
 from schemas.errors import InputError
-from schemas.ratings import ID_COLUMNS, INTERACTION_COLUMNS, QUARANTINE_COLUMNS, Outcome
+from schemas.ratings import ID_COLUMNS, INTERACTION_COLUMNS, Outcome
 from schemas.snapshot import SPLITS, Counts, interactions_dir
 
 
 def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
     has_ts = cfg.input.columns.timestamp is not None
     raw = read_raw(ctx.spark, probed, ratings_columns(cfg.input.columns))
-    parsed = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit)
-    # Pass 1: the (few) bad rows, with their raw text.
-    with ctx.timed("quarantine"):
-        reasons = write_quarantine(ctx, parsed.filter(F.col("reason").isNotNull()).select(
-            *[F.col(f"raw_{c}").alias(c) for c in RAW_COLUMNS], "reason"
-        ).select(*QUARANTINE_COLUMNS))
-    # Pass 2: valid rows, deduplicated per (user, item); kept pairs are reused four times.
-    valid = parsed.filter(F.col("reason").isNull())
-    pairs = ctx.persist(deduplicate(valid))
+    checked = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit)
+    # One pass over the input: valid rows deduplicated per (user, item) and the quarantined
+    # rows share one shuffle; the result is reused for the quarantine, counts, vocabularies, writes.
     with ctx.timed("deduplicate"):
+        grouped = ctx.checkpoint(deduplicate(checked))
+        pairs = grouped.filter(F.col("bad").isNull())
         totals = pairs.agg(
             F.count(F.lit(1)).alias("kept"), F.sum("rows").alias("rows"), F.sum("times").alias("times"),
             F.sum("mixed").alias("mixed"),
         ).first()
-        versions = (totals["times"] or 0) + (mixed_extra_versions(valid) if totals["mixed"] else 0)
+    with ctx.timed("quarantine"):
+        reasons = write_quarantine(ctx, quarantined(grouped))
+    if totals["mixed"]:  # rare: another pass over the input for the exact count of versions
+        versions = totals["times"] + mixed_extra_versions(checked.filter(F.col("bad").isNull()))
+    else:
+        versions = totals["times"] or 0
     valid_rows = totals["rows"] or 0
     if valid_rows == 0:
         raise InputError(no_valid_rows(cfg.input.path, reasons))
@@ -60,9 +61,10 @@ def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
     vocab_stats = {}
     for column in ID_COLUMNS:
         with ctx.timed(f"vocab_{column}"):
-            vocab, vocab_stats[column] = vocabulary(ctx, kept, column)
-        broadcast = vocab_stats[column].keys <= BROADCAST_MAX_KEYS
-        interactions = apply_vocab(interactions, column, vocab, broadcast=broadcast)
+            vocab = vocabulary(ctx, kept, column)
+        vocab_stats[column] = vocab.stats
+        interactions = apply_vocab(interactions, column, vocab.frame, broadcast=vocab.stats.keys <= BROADCAST_MAX_KEYS,
+                                   hashed=vocab.hash_join)
     with ctx.timed("write_interactions"):
         interactions.select(
             F.col("user").cast("int"), F.col("item").cast("int"), F.col("rating").cast("float"),

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas.ratings import CANONICAL_COLUMNS, Reason
+from schemas.ratings import CANONICAL_COLUMNS, QUARANTINE_COLUMNS, Reason
 
 #: Timestamps must lie within +-(year 10000) seconds of the epoch.
 MAX_ABS_SECONDS = 253_402_300_800
-#: Raw text kept for quarantined rows only (NULL on valid rows keeps the cached data narrow).
+#: Raw text kept for quarantined rows only (NULL on valid rows keeps the shuffled data narrow).
 RAW_COLUMNS = (*CANONICAL_COLUMNS, "raw_record", "source_file")
 
 
@@ -34,10 +34,10 @@ def parsed_timestamp(unit: str) -> Column:
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 
 
-def reason(rating_range: tuple[float, float], has_timestamp: bool, unit: str) -> Column:
-    """The first failing rule, or NULL for a valid row."""
+def reason(rating_range: tuple[float, float], has_timestamp: bool, rating: Column, ts: Column) -> Column:
+    """The first failing rule, or NULL for a valid row; ``rating`` and ``ts`` are the parsed values
+    (``parsed_rating``, ``parsed_timestamp``), computed once by the caller."""
     low, high = rating_range
-    rating = parsed_rating()
     rule = (
         F.when(F.col("raw_record").isNotNull(), F.lit(Reason.MALFORMED_LINE.value))
         .when(F.col("user").isNull(), F.lit(Reason.MISSING_USER.value))
@@ -48,28 +48,35 @@ def reason(rating_range: tuple[float, float], has_timestamp: bool, unit: str) ->
     )
     if has_timestamp:
         rule = rule.when(F.col("timestamp").isNull(), F.lit(Reason.MISSING_TIMESTAMP.value)).when(
-            parsed_timestamp(unit).isNull(), F.lit(Reason.UNPARSABLE_TIMESTAMP.value)
+            ts.isNull(), F.lit(Reason.UNPARSABLE_TIMESTAMP.value)
         )
     return rule
 
 
 def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: bool, unit: str) -> DataFrame:
-    """Columns: ``user``, ``item``, ``rating_value``, ``ts`` (valid rows), ``reason`` (NULL when
-    valid) and, on quarantined rows only, the raw text in ``raw_<column>``."""
-    checked = raw.withColumn("reason", reason(rating_range, has_timestamp, unit))
-    bad = F.col("reason").isNotNull()
-    ts = parsed_timestamp(unit) if has_timestamp else F.lit(None).cast("long")
+    """Columns ``user``, ``item``, ``rating_value``, ``ts`` (NULL on quarantined rows) and ``bad``:
+    NULL on valid rows, else a struct of the raw text (RAW_COLUMNS) and the ``reason``.
+
+    Each parser runs once per row: the parsed values are columns of their own before the
+    rules read them (inlined, the rules and the outputs would parse the text again), and
+    no filter follows (the optimizer would copy the whole rule set into it).
+    """
+    parsed = raw.select(
+        "*",
+        parsed_rating().alias("rating_value"),
+        (parsed_timestamp(unit) if has_timestamp else F.lit(None).cast("long")).alias("ts"),
+    )
+    checked = parsed.withColumn(
+        "reason", reason(rating_range, has_timestamp, F.col("rating_value"), F.col("ts"))
+    )
+    ok = F.col("reason").isNull()
     return checked.select(
-        F.when(~bad, F.col("user")).alias("user"),
-        F.when(~bad, F.col("item")).alias("item"),
-        F.when(~bad, parsed_rating()).alias("rating_value"),
-        F.when(~bad, ts).alias("ts"),
-        "reason",
-        *[F.when(bad, F.col(c)).alias(f"raw_{c}") for c in RAW_COLUMNS],
+        *[F.when(ok, F.col(c)).alias(c) for c in ("user", "item", "rating_value", "ts")],
+        F.when(~ok, F.struct(*RAW_COLUMNS, "reason")).alias("bad"),
     )
 
 
-def deduplicate(valid: DataFrame) -> DataFrame:
+def deduplicate(checked: DataFrame) -> DataFrame:
     """One row per (user, item): the latest rating wins (highest timestamp, then highest rating).
 
     Per pair also ``rows`` (input rows), ``times`` (distinct timestamps) and ``mixed``
@@ -78,12 +85,18 @@ def deduplicate(valid: DataFrame) -> DataFrame:
     ``mixed_extra_versions`` for the exact correction otherwise. Then
     duplicates = rows - versions and superseded = versions - 1 per pair.
 
+    Quarantined rows (``bad`` not NULL, from ``validate``) ride along: one row per distinct
+    ``bad`` value, ``rows`` copies of it, so the quarantine needs no second pass over the input.
+
     Two aggregations on one hash partitioning by user: a single shuffle of narrow rows,
     and fixed-width buffers only, so Spark runs hash aggregates rather than sorts.
     """
+    if "bad" not in checked.columns:  # valid rows only
+        checked = checked.withColumn("bad", F.lit(None).cast("struct<reason:string>"))
     per_time = (
-        valid.repartition("user")
-        .groupBy("user", "item", "ts")
+        # bad is NULL on valid rows; hashing on it too spreads the quarantined rows
+        checked.repartition("user", "bad")
+        .groupBy("user", "item", "ts", "bad")
         .agg(
             F.count(F.lit(1)).alias("rows"),
             F.max("rating_value").alias("rating"),
@@ -92,13 +105,20 @@ def deduplicate(valid: DataFrame) -> DataFrame:
     )
     # ts is unique within (user, item) here, so max_by is deterministic; NULL ts only when
     # the input has no timestamp column, and then each pair has one row at this level.
-    return per_time.groupBy("user", "item").agg(
+    return per_time.groupBy("user", "item", "bad").agg(
         F.max_by("rating", F.coalesce("ts", F.lit(-(2**62)))).alias("rating"),
         F.max("ts").alias("ts"),
         F.sum("rows").alias("rows"),
         F.count(F.lit(1)).alias("times"),
         F.sum((F.col("lowest") != F.col("rating")).cast("long")).alias("mixed"),
     )
+
+
+def quarantined(grouped: DataFrame) -> DataFrame:
+    """The quarantined rows of ``deduplicate``'s output, each copy of a repeated bad row again,
+    in the quarantine table's columns."""
+    copies = F.explode(F.array_repeat("bad", F.col("rows").cast("int"))).alias("row")
+    return grouped.filter(F.col("bad").isNotNull()).select(copies).select("row.*").select(*QUARANTINE_COLUMNS)
 
 
 def mixed_extra_versions(valid: DataFrame) -> int:

@@ -43,6 +43,8 @@ def spark_session(cfg: SparkConfig, app_name: str = "latentstore-index"):
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.parquet.compression.codec", "zstd")
+        # A writer per split value instead of sorting the rows by split first (partitionBy).
+        .config("spark.sql.maxConcurrentOutputFileWriters", "4")
     )
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)

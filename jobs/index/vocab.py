@@ -46,12 +46,32 @@ def build_vocab(counts: DataFrame, min_count: int, parent: DataFrame | None, par
     return VocabBuild(vocab=vocab, rare=rare)
 
 
-def apply_vocab(frame: DataFrame, column: str, vocab: DataFrame, broadcast: bool = False) -> DataFrame:
-    """Replace ``column`` (keys) by its index; keys without one get UNKNOWN_INDEX."""
-    lookup = vocab.select(F.col("key").alias(column), F.col("index").alias(f"{column}_index"))
-    if broadcast:
-        lookup = F.broadcast(lookup)
-    joined = frame.join(lookup, column, "left")
+def hash_is_injective(keys: DataFrame, distinct: bool = False) -> bool:
+    """Whether the keys in ``keys`` (column ``key``; ``distinct``: already without repeats)
+    all have different 64-bit hashes."""
+    keys = keys.select("key") if distinct else keys.select("key").distinct()
+    row = keys.agg(F.count(F.lit(1)).alias("keys"), F.count_distinct(F.xxhash64("key")).alias("hashes")).first()
+    return row["keys"] == row["hashes"]
+
+
+def apply_vocab(frame: DataFrame, column: str, vocab: DataFrame, broadcast: bool = False,
+                hashed: bool = False) -> DataFrame:
+    """Replace ``column`` (keys) by its index; keys without one get UNKNOWN_INDEX.
+
+    ``hashed``: match on the keys' 64-bit hashes, a join on one long (several times cheaper
+    than on strings). Only exact when no two keys that can meet share a hash: the caller
+    checks that with ``hash_is_injective`` over every key of ``frame`` and ``vocab``.
+    """
+    if hashed:
+        lookup = vocab.select(F.xxhash64("key").alias("_key_hash"), F.col("index").alias(f"{column}_index"))
+        if broadcast:
+            lookup = F.broadcast(lookup)
+        joined = frame.join(lookup, F.xxhash64(frame[column]) == lookup["_key_hash"], "left").drop("_key_hash")
+    else:
+        lookup = vocab.select(F.col("key").alias(column), F.col("index").alias(f"{column}_index"))
+        if broadcast:
+            lookup = F.broadcast(lookup)
+        joined = frame.join(lookup, column, "left")
     return joined.withColumn(column, F.coalesce(F.col(f"{column}_index"), F.lit(UNKNOWN_INDEX)).cast("int")).drop(
         f"{column}_index"
     )
