@@ -91,6 +91,8 @@ class LoopState:
 class LoopConfig:
     epochs: int
     patience: int | None = None  # None: no early stopping
+    patience_from: int = 0  # epochs up to this one never stop training (e.g. a one-cycle warm-up, whose
+    # rising learning rate can worsen validation for a while)
     average_from: float | None = None  # average the weights of epochs after this fraction (None: off)
     restore_best: bool = False  # end on the best epoch's weights (when not averaging)
 
@@ -206,6 +208,8 @@ class EpochLoop:
             if self.cfg.restore_best:
                 self.best_weights = _weights(self.learner.module)
             return
+        if epoch <= self.cfg.patience_from:
+            return  # still warming up: a worse epoch here does not count towards stopping
         self.state.bad_epochs += 1
         if self.cfg.patience is not None and self.state.bad_epochs >= self.cfg.patience:
             self.state.stopped_early = True

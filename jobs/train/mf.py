@@ -33,6 +33,8 @@ from jobs.train.rows import Rows, to_device
 from schemas.snapshot import Manifest, interactions_dir
 
 _EVAL_BATCH = 1 << 16
+#: Share of training the one-cycle schedule spends raising the learning rate (OneCycleLR's default).
+WARM_UP_SHARE = 0.3
 #: Trains under torchrun with several processes (see jobs.train.distributed).
 DATA_PARALLEL = True
 
@@ -147,7 +149,7 @@ class MFLearner:
         self.optimizer = RowAdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.99),
                                   dense_rows=cfg.batch_size, decay_per_touch=True)
         steps = train.steps_per_epoch(cfg.batch_size)
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr,
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, pct_start=WARM_UP_SHARE,
                                                             total_steps=max(cfg.epochs * steps, 1))
         # no loss scaling: the row-wise optimiser reads the slabs' gradients itself, and bf16 needs none
         self.precision = Precision(device, cfg.precision, loss_scaling=False)
@@ -306,7 +308,11 @@ def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.d
     y_range = y_range_for(cfg, manifest)
     model = build_model(cfg, sizes, y_range)
     averaging = cfg.average_from < 1
-    loop = LoopConfig(cfg.epochs, patience=cfg.patience, average_from=cfg.average_from if averaging else None,
+    # no early stop while the one-cycle schedule still climbs to its peak and a little after (seen on 21M
+    # ratings: validation RMSE 0.581, 0.561, 0.576, 0.573 over epochs 1-4, then better as it anneals)
+    warm = math.ceil(WARM_UP_SHARE * cfg.epochs) + 1
+    loop = LoopConfig(cfg.epochs, patience=cfg.patience, patience_from=warm,
+                      average_from=cfg.average_from if averaging else None,
                       restore_best=not averaging)
     implicit = implicit_feedback(cfg, train, sizes)
     return Built(
