@@ -122,11 +122,16 @@ def _snapshot_dir(store: Path, dataset: str) -> Path:
     return layout.snapshot_dir(dataset, latest_id(layout, dataset))
 
 
-def ratings_case(name: str, users: int, items: int, per_user: int) -> dict:
+def ratings_case(name: str, users: int, items: int, per_user: int, reindex: bool = True) -> dict:
+    """Index (unless ``reindex`` is False: the store's snapshot is kept), train and publish."""
     config = _ratings_config(name, users, items, per_user)
     store = DATA / name / "store"
-    shutil.rmtree(store, ignore_errors=True)
-    index_s, index_rss, _ = _stage("index", config, store)
+    if reindex:
+        shutil.rmtree(store, ignore_errors=True)
+        index_s, index_rss, _ = _stage("index", config, store)
+    else:
+        index_s, index_rss = float("nan"), 0.0
+        shutil.rmtree(store / "runs", ignore_errors=True)
     train_s, train_rss, _ = _stage("train", config, store)
     publish_s, publish_rss, _ = _stage("publish", config, store)
     result = _run_result(store, "mf")
@@ -235,8 +240,12 @@ def main() -> None:
     parser.add_argument("--skip-als", action="store_true")
     parser.add_argument("--skip-events", action="store_true")
     parser.add_argument("--sequence-epochs", type=int, default=2)
+    parser.add_argument("--retrain-25m", action="store_true",
+                        help="train and publish the 25M set again on its indexed snapshot, updating scale.json")
     args = parser.parse_args()
     spark_env()
+    if args.retrain_25m:
+        return retrain_25m()
     os.environ.setdefault("PREFECT_HOME", str(DATA / "prefect-home"))
     scale = 0.02 if args.quick else 1.0
     big_users = int(ML25M["users"] * scale)
@@ -248,18 +257,14 @@ def main() -> None:
     result["ratings_25m"] = ratings_case("scale_25m", big_users, int(ML25M["items"] * max(scale, 0.2)),
                                          ML25M["ratings_per_user"])
     print("ratings_25m", json.dumps(result["ratings_25m"]), flush=True)
-    met = {"mf_rate_25m_over_1m": result["ratings_25m"]["ratings_per_s"] / result["ratings_1m"]["ratings_per_s"]
-           >= TARGETS["mf_rate_25m_over_1m_at_least"]}
     if not args.skip_als:
         grid, _ = als(result["ratings_1m"]["snapshot"], ALS_REG_GRID)
         best = min(grid, key=lambda r: r["valid_rmse"])
         runs, peak = als(result["ratings_25m"]["snapshot"], (best["reg_param"],))
         result["als_1m_grid"] = grid
         result["als_25m"] = {**runs[0], "peak_rss_mb": peak, "rank": DIM, "max_iter": 10}
-        met["rmse_at_most_als"] = result["ratings_25m"]["valid_rmse"] <= result["als_25m"]["valid_rmse"]
-        met["train_seconds_at_most_als"] = (result["ratings_25m"]["train_loop_seconds"]
-                                            <= result["als_25m"]["train_seconds"])
         print("als_25m", json.dumps(result["als_25m"]), flush=True)
+    met = _met_ratings(result)
     if not args.skip_events:
         result["events"] = events_case(int(110_000 * (0.05 if args.quick else 1.0)), args.sequence_epochs)
         result["events"]["note"] = (f"throughput and HR@10 after {args.sequence_epochs} epochs (fewer than the "
@@ -273,6 +278,34 @@ def main() -> None:
     result["met"] = met
     path = write_result("scale-quick" if args.quick else "scale", result)
     print(f"-> {path}: {met}")
+
+
+def _met_ratings(result: dict) -> dict:
+    met = {"mf_rate_25m_over_1m": result["ratings_25m"]["ratings_per_s"] / result["ratings_1m"]["ratings_per_s"]
+           >= TARGETS["mf_rate_25m_over_1m_at_least"]}
+    if "als_25m" in result:
+        met["rmse_at_most_als"] = result["ratings_25m"]["valid_rmse"] <= result["als_25m"]["valid_rmse"]
+        met["train_seconds_at_most_als"] = (result["ratings_25m"]["train_loop_seconds"]
+                                            <= result["als_25m"]["train_seconds"])
+    return met
+
+
+def retrain_25m() -> None:
+    """The 25M case trained and published again on the snapshot the full run indexed (its index figures kept)."""
+    path = ROOT / "benchmarks" / "results" / "scale.json"
+    result = json.loads(path.read_text())
+    before = result["ratings_25m"]
+    again = ratings_case("scale_25m", ML25M["users"], ML25M["items"], ML25M["ratings_per_user"], reindex=False)
+    again["index_seconds"] = before["index_seconds"]
+    again["peak_rss_mb_by_stage"]["index"] = before["peak_rss_mb_by_stage"]["index"]
+    again["peak_rss_mb"] = max(again["peak_rss_mb_by_stage"].values())
+    again["retrained"] = {"why": "trained again after a code change on the snapshot of the full run",
+                          "before": {k: before[k] for k in ("valid_rmse", "epochs_run", "ratings_per_s")}}
+    result["ratings_25m"] = again
+    result["met"].update(_met_ratings(result))
+    result.pop("machine", None)
+    print("ratings_25m", json.dumps(again), flush=True)
+    print(f"-> {write_result('scale', result)}: {result['met']}")
 
 
 if __name__ == "__main__":
