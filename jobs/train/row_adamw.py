@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from jobs.train import distributed
+from schemas.errors import TrainingDiverged
 
 _DECAY, _BETA1, _BETA2 = range(3)
 
@@ -98,9 +99,9 @@ class RowAdamW(torch.optim.Optimizer):
     def _advance(self, group: dict) -> None:
         """One more step for every table of the group: the running log-products move on."""
         lr, wd = group["lr"], group["weight_decay"]
-        if lr * wd >= 1:
-            raise ValueError(f"learning rate {lr:g} x weight decay {wd:g} >= 1 would flip the weights' sign; "
-                             "lower train.lr or the weight decay")
+        if lr * wd >= 1:  # the decay factor 1 - lr * wd would flip (or zero) every weight
+            raise TrainingDiverged(f"training diverged at step {group['step'] + 1}: learning rate {lr:g} x weight "
+                                   f"decay {wd:g} >= 1 would flip the weights' sign; lower train.lr or the weight decay")
         beta1, beta2 = group["betas"]
         group["step"] += 1
         for table in group["params"]:
