@@ -15,12 +15,13 @@ export DO_NOT_TRACK = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test bench clean-store help
+.PHONY: run test bench bench-scale clean-store help
 
 help:
 	@echo "make run    # install if needed, then run the pipeline on $(CONFIG) into $(STORE)/"
 	@echo "make test   # install if needed, then run the whole test suite"
 	@echo "make bench  # install the benchmark extra, run the benchmarks (writes benchmarks/results/*.json)"
+	@echo "make bench-scale  # the stages at 1M and 25M ratings, Spark ALS, a 5M-event log (about an hour)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +45,10 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/planted.py
 	$(PY) benchmarks/sequences.py
 	$(PY) benchmarks/skipgram.py
+	$(PY) benchmarks/query.py
+
+bench-scale: $(BENCH_STAMP)
+	$(PY) benchmarks/scale.py
 
 clean-store:
 	rm -rf $(STORE)
