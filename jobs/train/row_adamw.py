@@ -131,8 +131,7 @@ class RowAdamW(torch.optim.Optimizer):
                 if table.requires_grad or not self.state[table]:
                     continue
                 state = self.state[table]
-                missed = torch.exp(state["logs"][None, :] - state["marks"])
-                missed = torch.nan_to_num(missed, nan=0.0).to(table.dtype)  # beta1 = 0: -inf - -inf
+                missed = _missed(state["logs"], state["marks"]).to(table.dtype)
                 table.data.mul_(missed[:, _DECAY, None])
                 state["exp_avg"].mul_(missed[:, _BETA1, None])
                 state["exp_avg_sq"].mul_(missed[:, _BETA2, None])
@@ -164,9 +163,7 @@ class RowAdamW(torch.optim.Optimizer):
         lr, eps, step = group["lr"], group["eps"], group["step"]
         beta1, beta2 = group["betas"]
         # what the rows missed since their last update, this step's factors included
-        missed = torch.exp(state["logs"][None, :] - state["marks"][rows])
-        if beta1 == 0:  # log 0 = -inf: exp(-inf - -inf) is nan, but the moment is simply forgotten
-            missed[:, _BETA1] = 0.0
+        missed = _missed(state["logs"], state["marks"][rows])
         if group["decay_per_touch"]:
             missed[:, _DECAY] = 1.0 - lr * group["weight_decay"]
         missed = missed.to(table.dtype)
@@ -181,3 +178,9 @@ class RowAdamW(torch.optim.Optimizer):
         state["exp_avg"].index_copy_(0, rows, exp_avg)
         state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
         state["marks"].index_copy_(0, rows, state["logs"].expand(rows.shape[0], 3).contiguous())
+
+
+def _missed(logs: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """[rows, 3] factors (decay, beta1, beta2) accrued since each row's marks. With beta1 = 0 both logs
+    are -inf and exp(-inf - -inf) is nan: the moment is simply forgotten, a factor of 0."""
+    return torch.nan_to_num(torch.exp(logs[None, :] - marks), nan=0.0)
