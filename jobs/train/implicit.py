@@ -12,7 +12,7 @@ with per-item weights (a gather and a weighted sum). Backward, the gradient of
 the item rows is the bags' transpose times the gradient of the sums: a float32
 sparse x dense product whose transpose the host sorted (a radix sort) while the
 device worked, instead of the sort embedding_bag's own backward runs on every step
-(measured: 5x faster on CPU). Both run in float32 whatever the autocast dtype, so
+(profiled on MovieLens 100K, one CPU thread: an epoch's steps took 0.13 s instead of 0.33 s). Both run in float32 whatever the autocast dtype, so
 nothing depends on a sparse kernel accepting bf16 (cuSPARSE and MKL do not).
 
 A user with more than ``max_items`` items gets, per step, ``max_items`` of them

@@ -138,8 +138,10 @@ class MFLearner:
         self.cfg, self.train_data, self.device, self.implicit = cfg, train, device, implicit
         self.valid_data = valid if valid is not None and valid.rows else None
         self.sizes = (model.user.weight.shape[0], model.item.weight.shape[0])
-        budget = (cfg.implicit_budget or math.inf) * cfg.batch_size
-        whole = implicit is not None and implicit.max_items is None and implicit.nnz <= budget
+        # without a budget (exact bags always) a step still cuts its own bags: a whole matrix per step
+        # would cost the data, not the batch
+        whole = (implicit is not None and implicit.max_items is None and cfg.implicit_budget is not None
+                 and implicit.nnz <= cfg.implicit_budget * cfg.batch_size)
         self.every_bag = implicit.bags(np.arange(self.sizes[0])).to(device) if whole else None
         groups = [
             {"params": model.vector_tables(), "weight_decay": cfg.weight_decay},
