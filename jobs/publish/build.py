@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+from jobs.common.files import make_read_only
 from jobs.publish.config import PublishConfig
 from latentstore.duck import connect
 from schemas.errors import StoreError
@@ -100,4 +101,5 @@ def build_version_file(
         con.close()
     with open(target, "rb+") as fh:  # durable before it is renamed into place
         os.fsync(fh.fileno())
+    make_read_only(target)  # immutable from here: 0444 & ~umask (renaming and deleting it still work)
     return entities
