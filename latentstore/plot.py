@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentstore.duck import quote_identifier, read_file, reader_of
 from latentstore.knn import unit, vectors_of
 from latentstore.store import Store
 from schemas.errors import StoreError
@@ -25,25 +26,24 @@ COLOURED_LABELS = 10
 NO_LABEL, OTHER = "(no label)", "other"
 
 
-def _labels(store: Store, path: str, key_column: str, label_column: str | None,
+def _labels(path: str, key_column: str, label_column: str | None,
             title_column: str | None) -> dict[str, tuple[str | None, str | None]]:
-    """key -> (first label value, title) from a CSV or Parquet file."""
+    """key -> (first label value, title) from a CSV or Parquet file (any column names: they are quoted).
+
+    Read through a connection that can open this one file (the store's own connection can open none)."""
     if not Path(path).is_file():
         raise StoreError(f"labels file not found: {path}")
-    reader = "read_parquet" if path.endswith(".parquet") else "read_csv"
-    columns = [c for c in (key_column, label_column, title_column) if c]
-    try:
-        present = [r[0] for r in store.con.execute(f"DESCRIBE SELECT * FROM {reader}(?)", [path]).fetchall()]
-    except Exception as exc:  # unreadable: DuckDB says why
-        raise StoreError(f"{path}: {str(exc).splitlines()[0]}") from None
+    reader = reader_of(Path(path))
+    present = read_file(path, f"DESCRIBE SELECT * FROM {reader}(?)").column("column_name").to_pylist()
     for option, column in (("--key-column", key_column), ("--label-column", label_column),
                            ("--title-column", title_column)):
         if column and column not in present:
             raise StoreError(f"{path}: no column {column!r} ({option}); its columns are: {', '.join(present)}")
-    selected = ", ".join(f'CAST("{c}" AS VARCHAR)' for c in columns)
-    table = store.con.execute(f"SELECT {selected} FROM {reader}(?)", [path]).fetchall()
+    columns = [c for c in (key_column, label_column, title_column) if c]
+    selected = ", ".join(f"CAST({quote_identifier(c)} AS VARCHAR) AS c{i}" for i, c in enumerate(columns))
+    table = read_file(path, f"SELECT {selected} FROM {reader}(?)")
     out = {}
-    for row in table:
+    for row in zip(*(table.column(i).to_pylist() for i in range(len(columns)))):
         values = dict(zip(columns, row))
         label = values.get(label_column) if label_column else None
         out[values[key_column]] = (label.split("|")[0].strip() if label else None,
@@ -85,7 +85,7 @@ def draw(store: Store, model: str, entity: str, out: Path, labels: str | None = 
         chosen = np.concatenate([np.arange(annotate), np.sort(rest)])
         keys, counts, vectors = [keys[i] for i in chosen], counts[chosen], vectors[chosen]
     points = project(vectors, method, seed)
-    known = _labels(store, labels, key_column, label_column, title_column) if labels else {}
+    known = _labels(labels, key_column, label_column, title_column) if labels else {}
     first = [known.get(key, (None, None))[0] or NO_LABEL for key in keys]
     common = [label for label, _ in _most_common(first) if label != NO_LABEL][:COLOURED_LABELS]
     shown = [label if label in common or label == NO_LABEL else OTHER for label in first]

@@ -160,7 +160,7 @@ def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path
     from latentstore.plot import _labels, draw
 
     with latentstore.open_store(root) as opened:
-        labels = _labels(opened, str(multi), "item", "cluster", "title")
+        labels = _labels(str(multi), "item", "cluster", "title")
         tsne = draw(opened, "shop", "item", tmp_path / "tsne.png", str(multi), "item", "cluster", method="tsne",
                     sample=50, annotate=5)
     assert {label for label, _ in labels.values()} == {f"taste_{c}" for c in range(4)}  # "|second" dropped

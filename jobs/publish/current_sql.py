@@ -2,7 +2,18 @@
 
 It ATTACHes every model's current version READ_ONLY under the model's name,
 loads vss from the store's own extension directory (offline), and defines
-TEMP views and macros (TEMP, so that names resolve in the reader's catalog):
+TEMP views and macros (TEMP, so that names resolve in the reader's catalog).
+
+Every path in the file is relative to the store root, so the store still opens
+when it is copied or mounted (read-only) at another path: DuckDB resolves
+relative paths against the process's working directory, so run it from the
+store's directory: ``cd STORE && duckdb -init current.sql``. The Python client
+renders the same script for the store's actual location (``client=True``):
+absolute paths, and the registry read into TEMP tables at connect time, because
+its connection can open no file once it is locked (latentstore.duck.lock_down).
+
+Names: model and entity names are checked against schemas.store.NAME_PATTERN
+(they are file names and unquoted SQL names); text goes through quote_literal.
 
 - ``embeddings(model, entity, key, vector FLOAT[], bias, count, version)``: every current table.
 - ``models``: one row per attached model (version, run, snapshot, output range, tables).
@@ -27,6 +38,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from latentstore.duck import quote_literal
+from schemas.errors import StoreError
 from schemas.store import StoreLayout, check_name
 
 _VERSION_COLUMNS = {
@@ -77,41 +90,58 @@ def macro_clashes(records: dict[str, dict], model: str, entities: list[str]) -> 
             for e in entities if nearest_macro(model, e) in taken]
 
 
-def literal(text: str) -> str:
-    """A SQL string literal (single quotes doubled)."""
-    return "'" + text.replace("'", "''") + "'"
+#: A SQL string literal (single quotes doubled); kept under this name for the modules that import it.
+literal = quote_literal
+
+
+def _checked(name: str, what: str, model: str) -> str:
+    """``name`` if it is a safe SQL and file name, else a StoreError naming the model's registry record."""
+    try:
+        return check_name(name, what)
+    except ValueError as exc:
+        raise StoreError(f"registry record of model {model!r}: {exc}") from None
 
 
 def _struct(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
 
 
-def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int] | None = None) -> str:
+def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int] | None = None,
+           client: bool = False) -> str:
     """``current`` maps each model to the registry record of the version to attach (its current one, or
     one as of a time); ``pointers`` are the real current versions (``versions.is_current``), by default
-    the attached ones."""
+    the attached ones. ``client``: for latentstore.connect (absolute paths where the store is now, the
+    registry read into TEMP tables at once); otherwise the current.sql file (paths relative to the store)."""
+    def path(relative: str) -> str:
+        return quote_literal(str(store.root / relative) if client else relative)
+
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
     lines = [
-        f"-- latentstore current.sql, generated {datetime.now(UTC).isoformat(timespec='seconds')}; do not edit.",
-        f"-- Open the store with the duckdb CLI:  duckdb -init {store.current_sql}",
+        f"-- latentstore current.sql, generated {generated}; do not edit.",
+        f"-- Rendered by latentstore.connect for the store at {store.root}." if client else
+        "-- Paths are relative to the store: open it from the store's directory:  cd STORE && duckdb -init current.sql",
         "SET autoinstall_known_extensions = false;",
-        f"SET extension_directory = {literal(str(store.extensions))};",
+        f"SET extension_directory = {path('extensions')};",
         "LOAD vss;",
         "SET TimeZone = 'UTC';  -- times without a zone are UTC, as in the Python client",
     ]
     embeddings, models = [], []
     macros = []
     for model, record in sorted(current.items()):
+        _checked(model, "model", model)
+        for entity, info in record["entities"].items():
+            _checked(entity, "entity", model)
+            _checked(info["table"], "entity", model)
         clashes = macro_clashes(current, model, list(record["entities"]))
         if clashes:
-            raise ValueError(f"SQL macro names collide: {'; '.join(clashes)}")  # publish checks this first
-        check_name(model, "model")
-        path = store.root / record["file"]
-        lines.append(f"ATTACH IF NOT EXISTS {literal(str(path))} AS {model} (READ_ONLY);")
+            raise StoreError(f"SQL macro names collide: {'; '.join(clashes)}")  # publish checks this first
+        version_file = store.version_file(model, int(record["version"])).relative_to(store.root)
+        lines.append(f"ATTACH IF NOT EXISTS {path(str(version_file))} AS {model} (READ_ONLY);")
         models.append(
             f"SELECT model, version, run_id, snapshot_id, model_kind, y_low, y_high, created_at, entities FROM {model}.meta"
         )
         for entity, info in sorted(record["entities"].items()):
-            table = f"{model}.{check_name(info['table'], 'entity')}"
+            table = f"{model}.{info['table']}"
             embeddings.append(
                 f"SELECT {literal(model)} AS model, {literal(entity)} AS entity, key, vector::FLOAT[] AS vector, "
                 f"bias, count, {int(record['version'])} AS version FROM {table}"
@@ -129,15 +159,16 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
     lines.append("CREATE OR REPLACE TEMP VIEW models AS\n  " + "\n  UNION ALL ".join(models) + ";")
     pointers = pointers if pointers is not None else {m: int(r["version"]) for m, r in current.items()}
     pointer_rows = ", ".join(f"({literal(m)}, {int(v)})" for m, v in sorted(pointers.items())) or "(NULL, NULL)"
-    versions_glob = literal(str(store.registry_versions / "*" / "*.json"))
-    events_glob = literal(str(store.registry_events / "*.json"))
-    files_glob = literal(str(store.models / "*" / "*.duckdb"))
-    root = literal(str(store.root) + "/")
+    versions_glob = path(str((store.registry_versions / "*" / "*.json").relative_to(store.root)))
+    events_glob = path(str((store.registry_events / "*.json").relative_to(store.root)))
+    files_glob = path(str((store.models / "*" / "*.duckdb").relative_to(store.root)))
+    root = quote_literal(str(store.root) + "/" if client else "")  # glob() returns paths as the pattern has them
+    registry = "TABLE" if client else "VIEW"  # a table is read now, a view at each query
     lines += [
-        "CREATE OR REPLACE TEMP VIEW registry_events AS\n"
+        f"CREATE OR REPLACE TEMP {registry} registry_events AS\n"
         '  SELECT "at" AS event_time, model, event, from_version, to_version, version, run_id, details\n'
         f"  FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
-        "CREATE OR REPLACE TEMP VIEW versions AS\n"
+        f"CREATE OR REPLACE TEMP {registry} versions AS\n"
         f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current, f.file IS NOT NULL AS retained,\n"
         "         CASE WHEN r.version = c.current_version THEN 'current' WHEN a.version IS NOT NULL THEN 'abandoned'\n"
         "              WHEN f.file IS NULL THEN 'removed' ELSE 'retained' END AS status\n"

@@ -26,19 +26,27 @@ AsOfOption = Annotated[str | None, typer.Option("--as-of", help="A version numbe
                                                                   "current then (default: the current one).")]
 
 
+TableOption = Annotated[list[str] | None, typer.Option(
+    "--table", help="NAME=FILE: load your CSV, Parquet or JSON file as table NAME first (repeatable); "
+                    "the query itself can read no file.")]
+
+
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL to run on the store (views, macros: see README).")],
     store: StoreOption = DEFAULT_STORE,
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    table: TableOption = None,
 ) -> None:
-    """Run a SQL query on the store's current versions (read-only)."""
+    """Run a SQL query on the store's current versions (read-only: queries only, no file read or written)."""
     import duckdb
 
     from latentstore import connect
+    from latentstore.duck import check_read_only
 
     try:
-        con = connect(store)
+        con = connect(store, tables=_named_files(table or []))
+        check_read_only(con, query)  # the connection is locked too; this refuses ATTACH, COPY, ... by name first
         result = con.sql(query)
         if result is None:
             return
@@ -49,6 +57,18 @@ def sql(
         fail(str(exc), code=1)
     emit(columns, rows, format)
 
+
+def _named_files(values: list[str]) -> dict[str, Path]:
+    """``--table NAME=FILE`` options as {name: file}."""
+    tables = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            fail(f"--table {value!r}: expected NAME=FILE, e.g. --table movies=movies.csv")
+        if name in tables:
+            fail(f"--table {name}: given twice")
+        tables[name] = Path(path)
+    return tables
 
 
 def _open(store: Path, model: str | None = None, as_of: str | None = None):
@@ -61,23 +81,18 @@ def _open(store: Path, model: str | None = None, as_of: str | None = None):
     return open_store(store, as_of=as_of)
 
 
-def read_rows(store, path: Path):
-    """A CSV, Parquet or plain-text (one key per line, column "key") file as an Arrow table, read by DuckDB."""
+def read_rows(path: Path):
+    """A CSV, Parquet or plain-text (one key per line, column "key") file as an Arrow table, read by DuckDB
+    through a connection that can open this file only (the store's connection can open none)."""
+    from latentstore.duck import read_file
     from schemas.errors import InputError
 
     if not path.is_file():
         raise InputError(f"keys file not found: {path}")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        query = "SELECT * FROM read_parquet(?)"
-    elif name.endswith(".txt"):
-        query = "SELECT trim(line) AS key FROM read_csv(?, columns = {'line': 'VARCHAR'}, header = false, sep = '\\0') WHERE trim(line) <> ''"
-    else:
-        query = "SELECT * FROM read_csv(?)"
-    try:
-        return store.con.execute(query, [str(path)]).to_arrow_table()
-    except Exception as exc:  # unreadable or malformed: DuckDB says where
-        raise InputError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if path.name.lower().endswith(".txt"):
+        return read_file(path, "SELECT trim(line) AS key FROM read_csv(?, columns = {'line': 'VARCHAR'}, "
+                               "header = false, sep = '\\0') WHERE trim(line) <> ''")
+    return read_file(path)
 
 
 def write_rows(table, out: Path) -> None:
@@ -115,7 +130,7 @@ def similar(
                 return
             if min_count:
                 fail("--min-count applies to one KEY; filter the --keys result instead")
-            wanted = read_rows(opened, keys)
+            wanted = read_rows(keys)
             if key_column not in wanted.column_names:
                 fail(f"{keys}: no column {key_column!r} (its columns: {', '.join(wanted.column_names)}); set --key-column")
             result = opened.similar_many(model, entity, wanted.column(key_column).cast("string").to_pylist(), k)
@@ -147,7 +162,7 @@ def features(
         fail(f"--out {out}: vectors are lists; write Parquet (.parquet)")
     try:
         with _open(store, model, as_of) as opened:
-            rows = read_rows(opened, keys)
+            rows = read_rows(keys)
             joined, unknown = opened.features(model, entity, rows, key_column)
             version = opened.table(model, entity).version
     except LatentstoreError as exc:
