@@ -23,7 +23,7 @@ from pathlib import Path
 
 from jobs.common.files import make_read_only
 from jobs.publish.config import PublishConfig
-from latentstore.duck import connect
+from latentstore.duck import connect, quote_identifier
 from schemas.errors import StoreError
 from schemas.snapshot import vocab_dir
 from schemas.store import check_name
@@ -42,11 +42,12 @@ def build_version_file(
         con.execute("SET hnsw_enable_experimental_persistence = true")
         for entity, info in sorted(result["entities"].items()):
             table = check_name(entity, "entity")
+            name = quote_identifier(table)
             dim = int(info["dim"])
             vocab = check_name(info.get("vocab", entity), "vocabulary")
             con.execute(
                 f"""
-                CREATE TABLE "{table}" AS
+                CREATE TABLE {name} AS
                 SELECT v.key::VARCHAR AS key, x.vector::FLOAT[{dim}] AS vector,
                        (CASE WHEN list_dot_product(x.vector, x.vector) > 0
                              THEN list_transform(x.vector, e -> e / sqrt(list_dot_product(x.vector, x.vector)))
@@ -64,15 +65,15 @@ def build_version_file(
             )
             rows, broken = con.execute(
                 f'SELECT count(*), count(*) FILTER (WHERE list_bool_or(list_transform(vector, e -> isnan(e) OR isinf(e)))) '
-                f'FROM "{table}"').fetchone()
+                f'FROM {name}').fetchone()
             if broken:
                 raise StoreError(f"{entity}: {broken} of {rows} vectors have NaN or infinite values; nothing published")
-            con.execute(f'CREATE UNIQUE INDEX "{table}_key" ON "{table}" (key)')
+            con.execute(f"CREATE UNIQUE INDEX {quote_identifier(table + '_key')} ON {name} (key)")
             hnsw = rows >= cfg.hnsw_min_rows
             if hnsw:
                 started = time.perf_counter()
                 con.execute(
-                    f'CREATE INDEX "{table}_hnsw" ON "{table}" USING HNSW (unit) '
+                    f"CREATE INDEX {quote_identifier(table + '_hnsw')} ON {name} USING HNSW (unit) "
                     f"WITH (metric = 'ip', M = {cfg.hnsw_m}, ef_construction = {cfg.hnsw_ef_construction})"
                 )
                 log.info("HNSW index on %s.%s: %d rows in %.1fs", meta["model"], table, rows, time.perf_counter() - started)

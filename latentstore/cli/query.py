@@ -160,6 +160,8 @@ def features(
     """Join vectors onto your rows as features: every row kept, unknown keys get NULL vectors (counted)."""
     if not out.name.lower().endswith(".parquet"):
         fail(f"--out {out}: vectors are lists; write Parquet (.parquet)")
+    if '"' in key_column:  # Store.features writes the name as "<name>" into its join (see latentstore.store)
+        fail(f"--key-column {key_column!r}: a column name with a double quote is not supported; rename the column")
     try:
         with _open(store, model, as_of) as opened:
             rows = read_rows(keys)
@@ -214,6 +216,8 @@ def plot(
 
     if method not in ("pca", "tsne"):
         fail("--method must be pca or tsne")
+    if out.suffix.lower() != ".png":
+        fail(f"--out {out}: the map is a PNG; name the file .png")
     if label_column and labels is None:
         fail("--label-column needs --labels FILE")
     try:
