@@ -85,9 +85,10 @@ def index_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, pla
 
 @task(name="train", task_run_name="train-{model}", **_stage_task)
 def train_task(cfg: PipelineConfig, store: str, marker: markers.StageMarker, model: str, snapshot_id: str,
-               resume: bool) -> dict:
+               resume: bool, lock_timeout: float | None) -> dict:
     with job_logs_to_prefect():
-        return stage_jobs.train(cfg, StoreLayout(store), model=model, snapshot_id=snapshot_id, resume=resume)
+        return stage_jobs.train(cfg, StoreLayout(store), model=model, snapshot_id=snapshot_id, resume=resume,
+                                lock_timeout=lock_timeout)
 
 
 @task(name="publish", task_run_name="publish-{model}", **_stage_task)
@@ -108,7 +109,8 @@ def map_task(cfg: PipelineConfig, store: str, model: str, version: int) -> dict:
 def pipeline(config_path: str, store: str = "latentstore-data", input_path: str | None = None,
              resume: bool = True, force: bool = False, stages: list[Stage] | None = None,
              max_lateness_minutes: float | None = None, snapshot_id: str | None = None,
-             train_deployment: str | None = None, train_timeout_minutes: float = 720, isolate_index: bool = False):
+             train_deployment: str | None = None, train_timeout_minutes: float = 720, isolate_index: bool = False,
+             lock_timeout_seconds: float | None = None):
     """Index one config's data, then train and publish each of its models into one store.
 
     ``stages`` (all three by default) picks stages; without ``index`` the snapshot is
@@ -117,6 +119,8 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     sharing the store) and waits for it, at most ``train_timeout_minutes`` (then
     the child run is cancelled and the stage fails). ``isolate_index`` runs the index stage in
     a child process (a fresh Spark session per run, for long-lived processes).
+    ``lock_timeout_seconds`` replaces the config's wait for the store's writer lock and
+    bounds the wait for another process training the same run (default: as long as it trains).
     A version the quality gate refuses fails the flow (the current version stays);
     ``force`` publishes it."""
     logger = get_run_logger()
@@ -125,7 +129,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         logger.warning(late)
         return Cancelled(message=late)
     selected = _check_stages(stages)
-    cfg = load_config(config_path, input_path)
+    cfg = load_config(config_path, input_path).with_lock_timeout(lock_timeout_seconds)
     layout = StoreLayout(store)
     store = str(layout.root)
     if "index" in selected:
@@ -144,7 +148,8 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
                              train_timeout_minutes)
     models, failures = {}, []
     for model in cfg.model_names():
-        trained = _trained(cfg, layout, model, snapshot, resume, local="train" in selected and not train_deployment)
+        trained = _trained(cfg, layout, model, snapshot, resume, local="train" in selected and not train_deployment,
+                           lock_timeout=lock_timeout_seconds)
         if trained is None:
             logger.warning("%s: no finished training run on snapshot %s; nothing to publish", model, snapshot)
             models[model] = {"train": None, "publish": None}
@@ -168,12 +173,13 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     return {"index": indexed, "stages": selected, "models": models}
 
 
-def _trained(cfg, layout: StoreLayout, model: str, snapshot: str, resume: bool, local: bool) -> dict | None:
+def _trained(cfg, layout: StoreLayout, model: str, snapshot: str, resume: bool, local: bool,
+             lock_timeout: float | None) -> dict | None:
     """Train here, or read the run trained elsewhere (another deployment, an earlier run)."""
     if not local:
         return _stage(model, "train", lambda: stage_jobs.finished_run(cfg, layout, model, snapshot))
     marker = _stage(model, "train", lambda: markers.train_marker(cfg, layout, model, snapshot))
-    return _run(train_task, marker, model, cfg, str(layout.root), marker, model, snapshot, resume)
+    return _run(train_task, marker, model, cfg, str(layout.root), marker, model, snapshot, resume, lock_timeout)
 
 
 def _publish(cfg, layout: StoreLayout, model: str, trained: dict, indexed: dict, force: bool) -> dict:

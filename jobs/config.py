@@ -68,7 +68,17 @@ class PipelineConfig(StrictModel):
             if train.model not in fits:
                 raise ValueError(f"train.model = {train.model!r} does not train on {self.index.kind}; "
                                  f"use {' or '.join(sorted(fits))}")
+        unknown = sorted(set(self.publish.gate.floors) - set(names))
+        if unknown:  # a typo would silently leave the model without a floor
+            raise ValueError(f"publish.gate.floors names no model of this config: {', '.join(unknown)}; "
+                             f"its models: {', '.join(names)}")
         return self
+
+    def with_lock_timeout(self, seconds: float | None) -> "PipelineConfig":
+        """This config with the writer lock's wait replaced (``--lock-timeout``); None keeps it."""
+        if seconds is None:
+            return self
+        return self.model_copy(update={"publish": self.publish.model_copy(update={"lock_timeout_seconds": seconds})})
 
     def model_names(self) -> list[str]:
         return [train.name for train in self.train]

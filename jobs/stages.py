@@ -77,13 +77,14 @@ def _snapshot(cfg: PipelineConfig, store: StoreLayout, snapshot_id: str | None):
 
 
 def train(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, snapshot_id: str | None = None,
-          resume: bool = True) -> dict:
-    """Train ``model`` (the config's only model when None) on a snapshot (the dataset's latest when None)."""
+          resume: bool = True, lock_timeout: float | None = None) -> dict:
+    """Train ``model`` (the config's only model when None) on a snapshot (the dataset's latest when None);
+    wait up to ``lock_timeout`` seconds (None: as long as it trains) for another process training the same run."""
     from jobs.train.job import run
 
     train_cfg = cfg.model(model)
     directory, manifest = _snapshot(cfg, store, snapshot_id)
-    result = run(train_cfg, store, directory, manifest, resume=resume)
+    result = run(train_cfg, store, directory, manifest, resume=resume, lock_timeout=lock_timeout)
     return _train_summary(train_cfg, result.run_id, result.result, result.reused)
 
 

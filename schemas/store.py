@@ -6,6 +6,7 @@
       inputs/                             inputs the project generates (synthetic data)
       snapshots/<dataset>/<snapshot_id>/  immutable index output (see schemas.snapshot)
       runs/<run_id>/                      checkpoints, vectors and metrics of one training run
+      runs/<run_id>.lock                  one trainer per run (fcntl.flock)
       models/<model>/v000001.duckdb       one immutable DuckDB file per (model, version)
       models/<model>/CURRENT              the model's current version number, os.replace'd
       registry/versions/<model>/v000001.json   one record per published version (append-only)
@@ -65,6 +66,14 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def require_name(value: str, what: str) -> str:
+    """``check_name`` for a name typed on the command line: a StoreError (one clear line) when unsafe."""
+    try:
+        return check_name(value, what)
+    except ValueError as error:
+        raise StoreError(str(error)) from None
+
+
 def version_name(version: int) -> str:
     return f"v{version:06d}"
 
@@ -113,6 +122,9 @@ class StoreLayout:
     # train stage
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
+
+    def run_lock(self, run_id: str) -> Path:
+        return self.root / "runs" / f"{run_id}.lock"
 
     # publish stage
     @property

@@ -102,7 +102,7 @@ def test_two_concurrent_publishers_are_serialised(race_store):
         impatient = _python(PUBLISH, base, store, 3, 0)
         _, err = impatient.communicate(timeout=120)
         assert impatient.returncode != 0
-        assert "is locked by another publish (pid" in err
+        assert "(a publish, rollback or repair) is locked by pid" in err and "--lock-timeout" in err
         # ...and one that waits is blocked until the lock is released
         first = _python(PUBLISH, base, store, 3, 60)
         second = _python(PUBLISH, base, store, 4, 60)

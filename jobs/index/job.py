@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from jobs.common.files import atomic_write_text, publish_dir, staging_dir
+from jobs.common.files import atomic_write_text, publish_dir
+from jobs.common.staging import owned_staging_dir, sweep
 from jobs.common.hashing import file_sha256, stable_hash
 from jobs.common.version import code_version
 from jobs.index.config import IndexConfig
@@ -110,13 +110,10 @@ def run(cfg: IndexConfig, store: StoreLayout, planned: Plan | None = None) -> In
     if final.is_dir():
         return IndexResult(snapshot_id, final, read_manifest(final), True)
 
-    staging = staging_dir(store.tmp, f"snapshot-{snapshot_id}")
-    try:
+    sweep(store.tmp, "snapshot")  # what a killed index left
+    with owned_staging_dir(store.tmp, f"snapshot-{snapshot_id}") as staging:
         manifest = _build(cfg, store, probed, files, input_fp, key, snapshot_id, parent, staging)
         created = publish_dir(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if created:
         set_latest(store, cfg.dataset, snapshot_id)
     log.info(

@@ -53,6 +53,10 @@ class MapConfig(StrictModel):
     _resolve = field_validator("labels")(resolve_path)
 
 
+#: How long a writer waits for the store's writer lock unless told otherwise.
+DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
+
+
 class PublishConfig(StrictModel):
     """How vectors are published (the model name comes from each [train] entry)."""
 
@@ -62,7 +66,7 @@ class PublishConfig(StrictModel):
     """HNSW graph degree (vss option M)."""
     hnsw_ef_construction: int = Field(128, ge=1)
     """HNSW build-time candidate list (vss option ef_construction)."""
-    lock_timeout_seconds: float = Field(600.0, ge=0)
+    lock_timeout_seconds: float = Field(DEFAULT_LOCK_TIMEOUT_SECONDS, ge=0)
     """How long to wait for another publish holding the store's writer lock."""
     keep_versions: int | None = Field(5, ge=1)
     """Retention: keep the newest this many versions of each model (the current one always); none: keep all."""

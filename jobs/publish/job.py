@@ -12,6 +12,9 @@ pause points are where crash tests kill a writer):
    then the pointer event;
 6. regenerate ``current.sql`` (os.replace; ``publish:sql``); retention of old versions.
 
+SIGINT or SIGTERM before 5 stops the publish (nothing changes); from 5 to the end of
+6 they wait (jobs.common.signals.deferred), so a committed publish finishes.
+
 A crash before 5 leaves the previous version current everywhere, and recovery
 removes the leftovers; a crash after 5 leaves the new version committed, and
 recovery completes its event and current.sql. Readers only ever attach complete,
@@ -26,14 +29,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs.common import signals
 from jobs.common.faults import pause_point
 from jobs.common.files import atomic_write_text, read_json
 from jobs.common.version import git_commit
 from jobs.publish import gate, retention
-from jobs.publish.config import PublishConfig
+from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS, PublishConfig
 from jobs.publish.current_sql import macro_clashes, render
 from jobs.publish.lock import writer_lock
 from jobs.publish.recovery import recover
+from jobs.publish.repair import repair_pointer
 from jobs.publish.registry import (
     append_event,
     current_record_of_run,
@@ -50,7 +55,7 @@ from jobs.publish.registry import (
 from latentstore.duck import install_vss
 from schemas.errors import ConfigError, GateRefused, StoreError
 from schemas.snapshot import Manifest
-from schemas.store import StoreLayout, check_name, version_name
+from schemas.store import StoreLayout, require_name, version_name
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +78,13 @@ def refresh_current_sql(store: StoreLayout) -> None:
     atomic_write_text(store.current_sql, render(store, current))
 
 
-def _recover(store: StoreLayout) -> None:
-    """Repair a killed writer's leftovers; a switch it committed becomes visible in current.sql."""
-    recover(store)
+def recover_store(store: StoreLayout) -> list[str]:
+    """Repair a killed writer's leftovers (call under the writer lock); a switch it committed becomes
+    visible in current.sql. Returns what was done."""
+    done = recover(store)
     if pointers(store):
         refresh_current_sql(store)
+    return done
 
 
 def run(
@@ -87,10 +94,10 @@ def run(
     """Publish the finished run in ``run_dir`` as the next version of ``model`` and make it current.
 
     Raises GateRefused when the quality gate refuses it (unless ``force``)."""
-    model = check_name(model, "model")
+    model = require_name(model, "model")
     ensure_format(store)
     with writer_lock(store.lock_file, cfg.lock_timeout_seconds):
-        _recover(store)
+        recover_store(store)
         current = current_version(store, model)
         existing = current_record_of_run(store, model, result["run_id"])
         if existing is not None:
@@ -121,29 +128,37 @@ def run(
         version = max(known_versions(store, model), default=0) + 1
         record = _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version,
                                   decision.record(forced=force), current_record)
-        switch_pointer(store, model, version, "publish", result["run_id"],
-                       details={"forced": record["gate"]["forced"]})
-        refresh_current_sql(store)
+        with signals.deferred(f"the publish of {model} {version_name(version)}"):
+            switch_pointer(store, model, version, "publish", result["run_id"],
+                           details={"forced": record["gate"]["forced"]})
+            refresh_current_sql(store)
         pause_point("publish:sql")
         kept = retention.apply(store, model, cfg.keep_versions, cfg.retention_grace_seconds)
     log.info("published %s %s (%s)", model, version_name(version), _entity_summary(record))
     return PublishResult(model, version, store.version_file(model, version), record, False, kept)
 
 
-def rollback(store: StoreLayout, model: str, version: int, lock_timeout_seconds: float = 600.0) -> dict:
+def rollback(store: StoreLayout, model: str, version: int,
+             lock_timeout_seconds: float | None = DEFAULT_LOCK_TIMEOUT_SECONDS) -> dict:
     """Make an older (retained) ``version`` of ``model`` current again; recorded as a ``rollback`` event."""
-    model = check_name(model, "model")
+    model = require_name(model, "model")
     with writer_lock(store.lock_file, lock_timeout_seconds):
-        _recover(store)
         if not store.version_record(model, version).is_file():
             raise StoreError(f"{model} has no version {version} in {store.root}")
         if not store.version_file(model, version).is_file():
             raise StoreError(f"{model} {version_name(version)} was removed by retention; "
                              "it can no longer be made current")
+        repaired = repair_pointer(store, model, to=version)  # rolling back is also how a broken pointer is fixed
+        recover_store(store)
+        if repaired:
+            log.info("%s", repaired)
+            return pointer_history(store, model)[-1]
         if current_version(store, model) == version:
             raise StoreError(f"{model} {version_name(version)} is already current")
-        event = switch_pointer(store, model, version, "rollback", read_json(store.version_record(model, version))["run_id"])
-        refresh_current_sql(store)
+        with signals.deferred(f"the rollback of {model} to {version_name(version)}"):
+            event = switch_pointer(store, model, version, "rollback",
+                                   read_json(store.version_record(model, version))["run_id"])
+            refresh_current_sql(store)
     previous = event["from_version"]
     log.info("rolled %s back from %s to %s", model, version_name(previous) if previous else "none", version_name(version))
     return event

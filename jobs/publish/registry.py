@@ -5,6 +5,7 @@ Records are one file each, written atomically and never rewritten, so readers
 
 - ``publish`` / ``rollback`` / ``recovered``: the pointer moved (``from_version`` -> ``to_version``);
   ``recovered`` is written by the next writer when a crash lost the event of a switch;
+- ``repaired``: ``latentstore repair`` rewrote a garbled or missing pointer (``details.found``);
 - ``refused``: the quality gate refused a version (``details`` say why); nothing changed;
 - ``removed``: retention deleted a version's file (``version``); its record stays;
 - ``abandoned``: a publish killed before its switch; recovery deleted its file, its record (if
@@ -74,21 +75,53 @@ def write_version_record(store: StoreLayout, record: dict) -> None:
 
 
 def current_version(store: StoreLayout, model: str) -> int | None:
+    """The version ``models/<model>/CURRENT`` points to; None before the model's first publish.
+
+    Raises BrokenPointer when the pointer is garbled, points to a version without a file, or is
+    missing although the model was published (``latentstore repair`` rebuilds it from the registry)."""
     pointer = store.pointer_file(model)
-    return int(pointer.read_text().strip()) if pointer.is_file() else None
+    try:
+        text = pointer.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if pointer_history(store, model):
+            raise BrokenPointer(store, model, "is missing although the model was published") from None
+        return None
+    except IsADirectoryError:
+        raise BrokenPointer(store, model, "is a directory") from None
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise BrokenPointer(store, model, f"holds {value[:40]!r}, not a version number")
+    version = int(value)
+    if not store.version_file(model, version).is_file():
+        raise BrokenPointer(store, model, f"points to {version_name(version)}, which has no file")
+    return version
+
+
+class BrokenPointer(StoreError):
+    """A model's CURRENT pointer cannot be trusted; readers keep the versions current.sql attached."""
+
+    def __init__(self, store: StoreLayout, model: str, problem: str):
+        self.model = model
+        super().__init__(f"{store.pointer_file(model)} {problem}; readers still see the version current.sql "
+                         f"attaches. `latentstore repair --store {store.root}` rebuilds it from the registry "
+                         f"(or `latentstore rollback --model {model} --to N` picks a version)")
+
+
+def published_models(store: StoreLayout) -> list[str]:
+    """Models with a pointer or a pointer event (a deleted pointer is not a model that vanished)."""
+    names = {d.name for d in store.models.iterdir() if d.is_dir()} if store.models.is_dir() else set()
+    names |= {e["model"] for e in events(store) if e["event"] in POINTER_EVENTS}
+    return sorted(names)
 
 
 def pointers(store: StoreLayout) -> dict[str, int]:
-    if not store.models.is_dir():
-        return {}
-    return {
-        d.name: current_version(store, d.name)
-        for d in sorted(store.models.iterdir())
-        if d.is_dir() and store.pointer_file(d.name).is_file()
-    }
+    """Every published model's current version (BrokenPointer if one cannot be read)."""
+    current = {model: current_version(store, model) for model in published_models(store)}
+    return {model: version for model, version in current.items() if version is not None}
 
 
-POINTER_EVENTS = ("publish", "rollback", "recovered")
+#: Events that move (or re-establish) a pointer: its history.
+POINTER_EVENTS = ("publish", "rollback", "recovered", "repaired")
 
 
 _EVENT_TIME = "%Y%m%dT%H%M%S%fZ"  # event file names start with their time: sorted names are time order

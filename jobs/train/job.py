@@ -5,6 +5,7 @@
       vectors/<table>.parquet   index int32, vector fixed_size_list<float32>[dim], bias float32 (nullable)
       result.json            written last: params, metrics per epoch, provenance, and per table the
                              vocabulary its indices refer to and the space its vectors live in
+    runs/<run_id>.lock       held by the one process training the run
 
 Each model family (``mf``, ``skipgram``, ``gru``) is a module with ``build(cfg,
 snapshot_dir, manifest, device) -> Built``: its learner, loop settings and params.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from jobs.common.files import atomic_write_json, read_json
 from jobs.common.hashing import stable_hash
+from jobs.common.locks import exclusive
 from jobs.common.version import code_version
 from jobs.train.config import RATINGS_MODELS, TrainConfig
 from schemas.errors import ConfigError
@@ -70,11 +72,15 @@ def run(
     manifest: Manifest,
     resume: bool = True,
     stop_after_epochs: int | None = None,
+    lock_timeout: float | None = None,
 ) -> TrainResult:
     """Train (or return the finished run). ``resume`` continues from the last checkpoint.
 
-    Under ``torchrun`` every rank calls this: all train, rank 0 alone checkpoints and
-    writes the run, and every rank returns its result."""
+    One trainer per run id: a second process training the same run waits (up to
+    ``lock_timeout`` seconds; None: as long as the first trains) and then reuses its
+    result, so a finished run is never rewritten. Under ``torchrun`` every rank calls
+    this: all train, rank 0 alone checkpoints and writes the run, and every rank
+    returns its result (the launcher is the one trainer: ranks take no lock)."""
     from jobs.train import distributed
 
     world = distributed.launched_world_size()
@@ -82,9 +88,24 @@ def run(
     run_id = run_id_for(manifest.snapshot_id, cfg, world)
     out = store.run_dir(run_id)
     if (out / RESULT).is_file():
-        log.info("run %s already finished: reusing its vectors", run_id)
-        return TrainResult(run_id, out, read_json(out / RESULT), True)
+        return _reuse(run_id, out)
     _check_kind(cfg, manifest)
+    if world > 1:
+        return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs)
+    with exclusive(store.run_lock(run_id), lock_timeout, f"training run {run_id}"):
+        if (out / RESULT).is_file():  # another trainer finished it while this one waited
+            return _reuse(run_id, out)
+        return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs)
+
+
+def _reuse(run_id: str, out: Path) -> TrainResult:
+    log.info("run %s already finished: reusing its vectors", run_id)
+    return TrainResult(run_id, out, read_json(out / RESULT), True)
+
+
+def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str, out: Path, world: int,
+           resume: bool, stop_after_epochs: int | None) -> TrainResult:
+    from jobs.train import distributed
 
     import torch
 

@@ -11,8 +11,16 @@ from typing import Annotated
 
 import typer
 
-from latentstore.cli.common import DEFAULT_STORE, StoreOption, app, fail, setup_logging
-from schemas.errors import LatentstoreError
+from latentstore.cli.common import (
+    DEFAULT_STORE,
+    LockTimeoutOption,
+    StoreOption,
+    app,
+    fail,
+    quiet_run_tracebacks,
+    setup_logging,
+    writable_store,
+)
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Publish even if the quality gate refuses (recorded).")]
 
@@ -44,25 +52,28 @@ def run(
     input: Annotated[Path | None, typer.Option("--input", help="Read this file or folder instead of the config's input.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its checkpoint.")] = True,
     force: ForceOption = False,
+    lock_timeout: LockTimeoutOption = None,
 ) -> None:
     """Index, train and publish each CONFIG as one Prefect flow run."""
     setup_logging()
     if input is not None and len(configs) > 1:
         fail("--input replaces one config's input: give one config with it")
-    try:
-        loaded = [_preflight(config, input) for config in configs]  # every config checked before any runs
-        _prefect_env(store)
-        from flows.pipeline import pipeline
+    writable_store(store)
+    loaded = [_preflight(config, input) for config in configs]  # every config checked before any runs
+    _prefect_env(store)
+    from flows.pipeline import pipeline
+    from flows.server import start_temporary_server
 
-        # One process keeps one Spark session: configs with other Spark settings index in a child process each.
-        isolate = len({cfg.index.spark.model_dump_json() for cfg in loaded}) > 1
-        for config, cfg in zip(configs, loaded):
-            summary = pipeline(config_path=str(config), store=str(store),
-                               input_path=str(input.resolve()) if input else None, resume=resume, force=force,
-                               isolate_index=isolate)
-            _print_summary(cfg, store, summary)
-    except LatentstoreError as exc:
-        fail(str(exc))
+    quiet_run_tracebacks()
+    if not os.environ.get("PREFECT_API_URL"):
+        start_temporary_server()  # in its own session: a Ctrl-C reaches this process, which stops it
+    # One process keeps one Spark session: configs with other Spark settings index in a child process each.
+    isolate = len({cfg.index.spark.model_dump_json() for cfg in loaded}) > 1
+    for config, cfg in zip(configs, loaded):
+        summary = pipeline(config_path=str(config), store=str(store),
+                           input_path=str(input.resolve()) if input else None, resume=resume, force=force,
+                           isolate_index=isolate, lock_timeout_seconds=lock_timeout)
+        _print_summary(cfg, store, summary)
 
 
 @app.command()
@@ -81,16 +92,13 @@ def serve(
     if not os.environ.get("PREFECT_API_URL"):
         fail("latentstore serve needs a Prefect server for its schedules: set PREFECT_API_URL (e.g. "
              "http://127.0.0.1:4200/api after `prefect server start`); a temporary server would never run them")
-    try:
-        for config in configs:
-            _preflight(config, None)
-        _prefect_env(store)
-        from flows.serve import serve as serve_forever
-        from flows.serve import served_deployments
+    for config in configs:
+        _preflight(config, None)
+    _prefect_env(store)
+    from flows.serve import serve as serve_forever
+    from flows.serve import served_deployments
 
-        serve_forever(served_deployments(configs, store, cron, stage, max_lateness))
-    except LatentstoreError as exc:
-        fail(str(exc))
+    serve_forever(served_deployments(configs, store, cron, stage, max_lateness))
 
 
 def _print_summary(cfg, store: Path, summary: dict) -> None:
@@ -170,33 +178,37 @@ SnapshotOption = Annotated[str | None, typer.Option(help="Snapshot id (default: 
 @app.command()
 def train(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
           snapshot: SnapshotOption = None,
-          resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True) -> None:
+          resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
+          lock_timeout: LockTimeoutOption = None) -> None:
     """Run only the train stage (PyTorch) on a snapshot, for each model of the config."""
-    _run_stage("train", config, store, None, model=model, snapshot_id=snapshot, resume=resume)
+    _run_stage("train", config, store, None, model=model, snapshot_id=snapshot, resume=resume,
+               lock_timeout=lock_timeout)
 
 
 @app.command()
 def publish(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
-            snapshot: SnapshotOption = None, force: ForceOption = False) -> None:
+            snapshot: SnapshotOption = None, force: ForceOption = False,
+            lock_timeout: LockTimeoutOption = None) -> None:
     """Run only the publish stage (DuckDB) for each model's finished training run."""
-    _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot, force=force)
+    _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot, force=force,
+               lock_timeout=lock_timeout)
 
 
 def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, model: str | None = None,
-               **kwargs) -> None:
+               lock_timeout: float | None = None, **kwargs) -> None:
     setup_logging()
     from jobs import stages
     from schemas.store import StoreLayout
 
-    try:
-        cfg = _preflight(config, input_path) if name == "index" else _load(config)
-        if name == "index":
-            summaries = [stages.index(cfg, StoreLayout(store))]
-        else:
-            models = [cfg.model(model).name] if model else cfg.model_names()
-            summaries = [getattr(stages, name)(cfg, StoreLayout(store), model=m, **kwargs) for m in models]
-    except LatentstoreError as exc:
-        fail(str(exc))
+    writable_store(store)
+    cfg = _preflight(config, input_path) if name == "index" else _load(config).with_lock_timeout(lock_timeout)
+    if name == "train":
+        kwargs["lock_timeout"] = lock_timeout
+    if name == "index":
+        summaries = [stages.index(cfg, StoreLayout(store))]
+    else:
+        models = [cfg.model(model).name] if model else cfg.model_names()
+        summaries = [getattr(stages, name)(cfg, StoreLayout(store), model=m, **kwargs) for m in models]
     for summary in summaries:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
 

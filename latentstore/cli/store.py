@@ -1,4 +1,4 @@
-"""Store commands: versions (with metrics, gate and drift), rollback."""
+"""Store commands: versions (with metrics, gate and drift), rollback, repair."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ from typing import Annotated
 
 import typer
 
-from latentstore.cli.common import DEFAULT_STORE, FormatOption, OutputFormat, StoreOption, app, emit, fail
-from schemas.errors import LatentstoreError
+from latentstore.cli.common import (
+    DEFAULT_STORE,
+    FormatOption,
+    LockTimeoutOption,
+    OutputFormat,
+    StoreOption,
+    app,
+    emit,
+    fail,
+    setup_logging,
+    writable_store,
+)
 
 VERSIONS_SQL = """
 SELECT model, version, strftime(created_at, '%Y-%m-%d %H:%M') AS created, snapshot_id,
@@ -29,12 +39,31 @@ def versions(store: StoreOption = DEFAULT_STORE,
     (current, retained, removed by retention, abandoned by a killed publish)."""
     from latentstore import connect
 
-    try:
-        con = connect(store)
-    except LatentstoreError as exc:
-        fail(str(exc))
+    con = connect(store)
+    known = [m for (m,) in con.execute("SELECT DISTINCT model FROM versions ORDER BY model").fetchall()]
+    if model is not None and model not in known:
+        fail(f"no model {model!r} in {store}; its models: {', '.join(known) or 'none'}")
     result = con.execute(VERSIONS_SQL, [model, model])
     emit([d[0] for d in result.description], result.fetchall(), format)
+    _warn_broken_pointers(store, [model] if model else known)
+
+
+def _lock_timeout(given: float | None) -> float:
+    from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS
+
+    return DEFAULT_LOCK_TIMEOUT_SECONDS if given is None else given
+
+
+def _warn_broken_pointers(store, models: list[str]) -> None:
+    """Readers keep working on a broken pointer (current.sql still attaches the last version), so say it here."""
+    from jobs.publish.registry import BrokenPointer, current_version
+    from schemas.store import StoreLayout
+
+    for model in models:
+        try:
+            current_version(StoreLayout(store), model)
+        except BrokenPointer as broken:
+            typer.secho(f"warning: {broken}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -42,13 +71,28 @@ def rollback(
     model: Annotated[str, typer.Option("--model", help="Model name in the store.")],
     to: Annotated[int, typer.Option("--to", min=1, help="The (retained) version to make current.")],
     store: StoreOption = DEFAULT_STORE,
+    lock_timeout: LockTimeoutOption = None,
 ) -> None:
-    """Make an older version of MODEL current again, atomically; recorded as a rollback event."""
+    """Make an older version of MODEL current again, atomically; recorded as a rollback event.
+    Also repairs MODEL's pointer if it is garbled or missing (to the version given)."""
     from jobs.publish.job import rollback as roll_back
     from schemas.store import StoreLayout
 
-    try:
-        event = roll_back(StoreLayout(store), model, to)
-    except LatentstoreError as exc:
-        fail(str(exc))
-    typer.echo(f"{model}: v{event['from_version']} -> v{event['to_version']} (rollback at {event['at']})")
+    setup_logging()
+    event = roll_back(StoreLayout(writable_store(store)), model, to,
+                      lock_timeout_seconds=_lock_timeout(lock_timeout))
+    before = "a broken pointer" if event["from_version"] is None else f"v{event['from_version']}"
+    typer.echo(f"{model}: {before} -> v{event['to_version']} ({event['event']} at {event['at']})")
+
+
+@app.command()
+def repair(store: StoreOption = DEFAULT_STORE, lock_timeout: LockTimeoutOption = None) -> None:
+    """Rebuild garbled or missing model pointers from the registry, finish what a killed writer left,
+    and rewrite current.sql. A healthy store is left as it is."""
+    from jobs.publish.repair import repair as repair_store
+    from schemas.store import StoreLayout
+
+    setup_logging()
+    done = repair_store(StoreLayout(writable_store(store)),
+                        lock_timeout_seconds=_lock_timeout(lock_timeout))
+    typer.echo("\n".join(done) if done else f"{store}: nothing to repair")
