@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import json
 import logging
 import os
@@ -61,8 +62,16 @@ def list_files(path: str) -> list[Path]:
     return files
 
 
+def _open_text(path: Path):
+    """The file as text: gunzipped when its name ends in .gz (as Spark reads it), a UTF-8 byte order
+    mark dropped (Spark drops it too), undecodable bytes replaced (the index job quarantines them)."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+
+
 def detect_format(path: Path) -> str:
-    name = path.name.lower()
+    name = path.name.lower().removesuffix(".gz")  # Spark decompresses gzip by the name
     if name == "u.data":
         return "movielens-udata"
     for suffix, fmt in ((".dat", "movielens-dat"), (".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet"),
@@ -70,11 +79,11 @@ def detect_format(path: Path) -> str:
         if name.endswith(suffix):
             return fmt
     raise InputError(f"cannot tell the format of {path}: set input.format (csv, tsv, movielens-udata, "
-                     "movielens-dat, parquet, jsonl)")
+                     "movielens-dat, parquet, jsonl; a .gz file is read gunzipped)")
 
 
 def _first_line(path: Path) -> str | None:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with _open_text(path) as fh:
         for line in fh:
             if line.strip():
                 return line.rstrip("\r\n")
@@ -96,7 +105,7 @@ def _text_columns(path: Path, sep: str, header: bool, fmt: str) -> list[str]:
 def _json_keys(path: Path, max_lines: int = _JSON_SAMPLE_LINES) -> list[str]:
     """Union of the keys of the first JSON objects (lines may omit optional keys)."""
     keys: dict[str, None] = {}
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
+    with _open_text(path) as fh:
         for number, line in enumerate(fh, start=1):
             if number > max_lines:
                 break
@@ -120,13 +129,16 @@ def _has_rows(files: list[Path], fmt: str, header: bool) -> bool:
         return any(pq.ParquetFile(p).metadata.num_rows > 0 for p in files)
     skip = 1 if header and fmt in ("csv", "tsv") else 0
     for p in files:
-        with p.open("rb") as fh:
-            nonblank = 0
-            for line in fh:
-                if line.strip():
-                    nonblank += 1
-                    if nonblank > skip:
-                        return True
+        try:
+            with _open_text(p) as fh:
+                nonblank = 0
+                for line in fh:
+                    if line.strip():
+                        nonblank += 1
+                        if nonblank > skip:
+                            return True
+        except (OSError, EOFError) as exc:  # e.g. a .gz file that is not gzip, or cut short
+            raise InputError(f"cannot read {p} as {fmt}: {exc}") from None
     return False
 
 
@@ -142,7 +154,7 @@ def _columns(files: list[Path], fmt: str, sep: str | None, header: bool) -> list
         return _text_columns(first, sep or ",", header, fmt)
     except InputError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, EOFError, ValueError) as exc:
         raise InputError(f"cannot read {first} as {fmt}: {exc}") from None
 
 

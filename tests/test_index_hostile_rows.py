@@ -1,0 +1,68 @@
+"""Hostile rows (issue 12): each input record counts once in ``read`` and ends kept or quarantined
+with its own reason; gzip and byte-order-mark inputs just work. Real local Spark on real files."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from jobs.index.job import run
+from jobs.index.probe import probe
+from schemas.errors import InputError
+from schemas.snapshot import vocab_dir
+from schemas.store import StoreLayout
+from tests.helpers import pipeline_config, read_parquet_dir
+
+pytestmark = pytest.mark.spark
+# Reasons are spelled as text (schemas.ratings.Reason and schemas.events.Reason are StrEnums).
+ML_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
+ML_HEADER = b"userId,movieId,rating,timestamp\n"
+
+
+def _write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _index(tmp_path, path, columns=ML_COLUMNS, **index):
+    cfg = pipeline_config(tmp_path, input_path=str(path), columns=columns, index=index or None)
+    return run(cfg.index, StoreLayout(tmp_path / "store"))
+
+
+def _assert_accounted(counts, records: int):
+    """``read`` is the number of records in the file, and every one has exactly one outcome."""
+    assert counts.read == records
+    assert counts.read == counts.kept + counts.quarantined + counts.duplicates + counts.superseded
+    assert counts.balanced()
+
+
+def _keys(result, column: str) -> set[str]:
+    return set(read_parquet_dir(result.path / vocab_dir(column)).key)
+
+
+# -- gzip and a byte order mark ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, bom, compress", [
+    ("ratings.csv.gz", False, True),
+    ("ratings.csv", True, False),
+    ("ratings.csv.gz", True, True),
+])
+def test_gzip_and_byte_order_mark_inputs_just_work(spark, tmp_path, name, bom, compress):
+    data = (b"\xef\xbb\xbf" if bom else b"") + ML_HEADER + b"1,10,4,100\n2,10,3,200\n2,11,5,300\n"
+    path = _write(tmp_path / name, gzip.compress(data) if compress else data)
+    cfg = pipeline_config(tmp_path, input_path=str(path), columns=ML_COLUMNS)
+    probed = probe(cfg.index)
+    assert (probed.format, probed.columns) == ("csv", ["userId", "movieId", "rating", "timestamp"])
+    result = run(cfg.index, StoreLayout(tmp_path / "store"))
+    _assert_accounted(result.manifest.counts, 3)
+    assert result.manifest.counts.kept == 3
+    assert _keys(result, "user") == {"1", "2"}  # no byte order mark in the first key
+
+
+def test_a_gz_file_that_is_not_gzip_is_a_clear_error(tmp_path):
+    path = _write(tmp_path / "ratings.csv.gz", ML_HEADER + b"1,10,4,100\n")
+    cfg = pipeline_config(tmp_path, input_path=str(path), columns=ML_COLUMNS)
+    with pytest.raises(InputError, match=r"cannot read .*ratings\.csv\.gz as csv: Not a gzipped file"):
+        probe(cfg.index)
