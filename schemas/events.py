@@ -8,7 +8,8 @@ templates name. Every raw row ends in exactly one outcome:
 - ``quarantined``: failed a rule below (first failing Reason), written with the field at fault;
 - ``duplicate``: an exact copy (same user, time, type and template fields) of another valid row;
 
-so ``read == kept + quarantined + duplicates`` (``superseded`` is always 0 for events).
+so ``read == kept + quarantined + duplicates`` (``superseded`` is always 0 for events), with
+``read`` the number of records (a CSV record whose quoted field spans lines counts once).
 
 Tokens. A template per event type, e.g. ``"{type}:{page_type}:{portal}"``: text in
 braces names a raw input column (``{type}`` is the event type), the rest is
@@ -57,6 +58,7 @@ class Reason(StrEnum):
     """Why an event row was quarantined. The first failing rule, in this order, wins."""
 
     MALFORMED_LINE = "malformed_line"
+    EMBEDDED_NEWLINE = "embedded_newline"  # a field holds a line break (``detail`` names it)
     MISSING_USER = "missing_user"
     MISSING_TIMESTAMP = "missing_timestamp"
     UNPARSABLE_TIMESTAMP = "unparsable_timestamp"

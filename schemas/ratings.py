@@ -9,7 +9,9 @@ Raw input columns are mapped onto these canonical names by the config
 - ``duplicate``: an exact copy (user, item, rating, timestamp) of another valid row;
 - ``superseded``: a valid rating of a (user, item) that a later one replaced.
 
-so that ``read == kept + quarantined + duplicates + superseded`` always holds.
+so that ``read == kept + quarantined + duplicates + superseded`` always holds, where
+``read`` is the number of records in the input: a CSV record whose quoted field spans
+lines counts once (and is quarantined: ``embedded_newline``).
 """
 
 from enum import StrEnum
@@ -30,6 +32,7 @@ class Reason(StrEnum):
     """Why a row was quarantined. The first failing rule, in this order, wins."""
 
     MALFORMED_LINE = "malformed_line"  # wrong field count / unparsable record
+    EMBEDDED_NEWLINE = "embedded_newline"  # a field holds a line break (a quoted CSV field spanning lines)
     MISSING_USER = "missing_user"
     MISSING_ITEM = "missing_item"
     MISSING_RATING = "missing_rating"

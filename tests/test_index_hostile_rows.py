@@ -42,6 +42,46 @@ def _keys(result, column: str) -> set[str]:
     return set(read_parquet_dir(result.path / vocab_dir(column)).key)
 
 
+# -- field counts --------------------------------------------------------------------------------
+
+def test_rows_with_one_extra_field_count_once_each(spark, tmp_path):
+    extra = b"".join(b"%d,%d,4,%d,EXTRA\n" % (u, u % 7, 100 + u) for u in range(50))
+    path = _write(tmp_path / "r.csv", ML_HEADER + extra + b"a,x,4,1\nb,x,3,2\nb,y,5,3\n")
+    counts = _index(tmp_path, path).manifest.counts
+    _assert_accounted(counts, 53)
+    assert (counts.kept, counts.quarantine_reasons) == (3, {"malformed_line": 50})
+
+
+def test_a_wrong_field_count_is_caught_when_a_column_is_not_mapped(spark, tmp_path):
+    """Line by line, Spark checks the field count only when a query reads every column: with the
+    tag column unmapped, a row with a field too many or too few passed as valid."""
+    rows = b"1,10,4,100,t\n2,10,4,100,t,EXTRA\n3,10,4,100\n"
+    path = _write(tmp_path / "r.csv", b"userId,movieId,rating,timestamp,tag\n" + rows)
+    result = _index(tmp_path, path)
+    counts = result.manifest.counts
+    _assert_accounted(counts, 3)
+    assert (counts.kept, counts.quarantine_reasons) == (1, {"malformed_line": 2})
+    quarantine = read_parquet_dir(result.path / "quarantine")
+    assert set(quarantine.raw_record) == {"2,10,4,100,t,EXTRA", "3,10,4,100"}
+    assert _keys(result, "user") == {"1"}
+
+
+# -- quoted fields spanning lines ----------------------------------------------------------------
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_a_quoted_field_spanning_lines_is_one_quarantined_record(spark, tmp_path, newline):
+    lines = [b"userId,movieId,rating,timestamp", b"1,10,4,100", b'"1', b'2",3000,4,881250949', b"3,10,4,100", b""]
+    path = _write(tmp_path / "r.csv", newline.join(lines))
+    result = _index(tmp_path, path)
+    counts = result.manifest.counts
+    _assert_accounted(counts, 3)  # the quoted record counts once
+    assert (counts.kept, counts.quarantine_reasons) == (2, {"embedded_newline": 1})
+    quarantine = read_parquet_dir(result.path / "quarantine")
+    assert quarantine.user.tolist() == ["1\n2"] and quarantine.item.tolist() == ["3000"]
+    # nothing of it is kept: neither the fragment's user 2" nor its item
+    assert _keys(result, "user") == {"1", "3"} and _keys(result, "item") == {"10"}
+
+
 # -- gzip and a byte order mark ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, bom, compress", [

@@ -12,6 +12,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.index.config import BucketConfig, EventsConfig
+from jobs.index.text import first_failing_field, has_line_break
 from schemas.events import ANY_TYPE, TYPE, Reason, bucket_labels, template_parts
 
 #: Timestamps must lie within +-(year 10000): 253,402,300,800 s after the epoch.
@@ -79,10 +80,18 @@ class EventRules:
     def _number(self, name: str) -> Column:
         return F.col(self.fields[name]).try_cast("double")
 
+    def _field_check(self, fields: dict[str, str], test, reason: Reason) -> Check:
+        """Fails when ``test`` holds for any of ``fields`` (name -> column); the detail names the first."""
+        failing = first_failing_field(fields, test)
+        return Check(failing.isNotNull(), reason, failing)
+
     def checks(self) -> list[Check]:
         none = F.lit(None).cast("string")
+        # An unmapped type is a NULL column: it passes the text checks.
+        text = {"user": "user", "timestamp": "timestamp", "type": "type", **self.fields}
         checks = [
             Check(F.col("raw_record").isNotNull(), Reason.MALFORMED_LINE, none),
+            self._field_check(text, has_line_break, Reason.EMBEDDED_NEWLINE),
             Check(F.col("user").isNull(), Reason.MISSING_USER, none),
             Check(F.col("timestamp").isNull(), Reason.MISSING_TIMESTAMP, none),
             Check(parsed_time_ms(self.unit).isNull(), Reason.UNPARSABLE_TIMESTAMP, F.col("timestamp")),
