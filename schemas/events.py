@@ -59,6 +59,7 @@ class Reason(StrEnum):
 
     MALFORMED_LINE = "malformed_line"
     EMBEDDED_NEWLINE = "embedded_newline"  # a field holds a line break (``detail`` names it)
+    INVALID_UTF8 = "invalid_utf8"  # a field held bytes that are not UTF-8, any U+FFFD (``detail`` names it)
     MISSING_USER = "missing_user"
     MISSING_TIMESTAMP = "missing_timestamp"
     UNPARSABLE_TIMESTAMP = "unparsable_timestamp"

@@ -33,6 +33,7 @@ class Reason(StrEnum):
 
     MALFORMED_LINE = "malformed_line"  # wrong field count / unparsable record
     EMBEDDED_NEWLINE = "embedded_newline"  # a field holds a line break (a quoted CSV field spanning lines)
+    INVALID_UTF8 = "invalid_utf8"  # a field held bytes that are not UTF-8 (any U+FFFD, even a literal one)
     MISSING_USER = "missing_user"
     MISSING_ITEM = "missing_item"
     MISSING_RATING = "missing_rating"

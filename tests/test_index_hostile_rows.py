@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.index.job import run
@@ -80,6 +82,29 @@ def test_a_quoted_field_spanning_lines_is_one_quarantined_record(spark, tmp_path
     assert quarantine.user.tolist() == ["1\n2"] and quarantine.item.tolist() == ["3000"]
     # nothing of it is kept: neither the fragment's user 2" nor its item
     assert _keys(result, "user") == {"1", "3"} and _keys(result, "item") == {"10"}
+
+
+# -- bytes that are not UTF-8 --------------------------------------------------------------------
+
+def test_bytes_that_are_not_utf8_are_quarantined(spark, tmp_path):
+    rows = b"caf\xe9,10,4,100\n1,caf\xc3,4,100\n2,10,4,100\n" + "3,x\ufffd,4,100\n".encode()
+    result = _index(tmp_path, _write(tmp_path / "r.csv", ML_HEADER + rows))
+    counts = result.manifest.counts
+    _assert_accounted(counts, 4)
+    # a literal U+FFFD cannot be told from a replaced byte: it is quarantined too
+    assert (counts.kept, counts.quarantine_reasons) == (1, {"invalid_utf8": 3})
+    assert _keys(result, "user") == {"2"} and _keys(result, "item") == {"10"}
+
+
+def test_parquet_strings_that_are_not_utf8_are_quarantined(spark, tmp_path):
+    table = pa.table({"u": pa.array([b"ok", b"caf\xe9"], pa.binary()), "i": ["p", "q"], "r": [4.0, 3.0],
+                      "t": [10, 20]})
+    pq.write_table(table, tmp_path / "r.parquet")
+    mapping = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
+    result = _index(tmp_path, tmp_path / "r.parquet", columns=mapping)
+    _assert_accounted(result.manifest.counts, 2)
+    assert result.manifest.counts.quarantine_reasons == {"invalid_utf8": 1}
+    assert _keys(result, "user") == {"ok"}
 
 
 # -- gzip and a byte order mark ------------------------------------------------------------------

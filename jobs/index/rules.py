@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.index.text import any_field, has_line_break
+from jobs.index.text import any_field, has_line_break, is_invalid_utf8
 from schemas.ratings import CANONICAL_COLUMNS, QUARANTINE_COLUMNS, Reason
 
 #: Timestamps must lie within +-(year 10000) seconds of the epoch.
@@ -43,6 +43,7 @@ def reason(rating_range: tuple[float, float], has_timestamp: bool, rating: Colum
     rule = (
         F.when(F.col("raw_record").isNotNull(), F.lit(Reason.MALFORMED_LINE.value))
         .when(any_field(text, has_line_break), F.lit(Reason.EMBEDDED_NEWLINE.value))
+        .when(any_field(text, is_invalid_utf8), F.lit(Reason.INVALID_UTF8.value))
         .when(F.col("user").isNull(), F.lit(Reason.MISSING_USER.value))
         .when(F.col("item").isNull(), F.lit(Reason.MISSING_ITEM.value))
         .when(F.col("rating").isNull(), F.lit(Reason.MISSING_RATING.value))

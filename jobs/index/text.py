@@ -8,10 +8,19 @@ from functools import reduce
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+#: What Spark's decoder puts in place of bytes that are not UTF-8 (CSV and JSON are decoded on read).
+REPLACEMENT_CHARACTER = "\ufffd"
+
 
 def has_line_break(field: Column) -> Column:
     """A line break inside a field: a quoted CSV field that spans lines (or an escaped ``\\n`` in JSON)."""
     return field.contains("\n") | field.contains("\r")
+
+
+def is_invalid_utf8(field: Column) -> Column:
+    """Bytes that were not UTF-8. The CSV and JSON readers have already replaced them with U+FFFD, so a
+    literal U+FFFD in the input counts as invalid too; Parquet strings keep their bytes: the byte check."""
+    return field.contains(REPLACEMENT_CHARACTER) | ~F.is_valid_utf8(field)
 
 
 def any_field(fields: list[str], test: Callable[[Column], Column]) -> Column:

@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.index.config import BucketConfig, EventsConfig
-from jobs.index.text import first_failing_field, has_line_break
+from jobs.index.text import first_failing_field, has_line_break, is_invalid_utf8
 from schemas.events import ANY_TYPE, TYPE, Reason, bucket_labels, template_parts
 
 #: Timestamps must lie within +-(year 10000): 253,402,300,800 s after the epoch.
@@ -92,6 +92,7 @@ class EventRules:
         checks = [
             Check(F.col("raw_record").isNotNull(), Reason.MALFORMED_LINE, none),
             self._field_check(text, has_line_break, Reason.EMBEDDED_NEWLINE),
+            self._field_check(text, is_invalid_utf8, Reason.INVALID_UTF8),
             Check(F.col("user").isNull(), Reason.MISSING_USER, none),
             Check(F.col("timestamp").isNull(), Reason.MISSING_TIMESTAMP, none),
             Check(parsed_time_ms(self.unit).isNull(), Reason.UNPARSABLE_TIMESTAMP, F.col("timestamp")),
