@@ -63,11 +63,13 @@ class Reason(StrEnum):
     MISSING_USER = "missing_user"
     MISSING_TIMESTAMP = "missing_timestamp"
     UNPARSABLE_TIMESTAMP = "unparsable_timestamp"
+    NEGATIVE_TIMESTAMP = "negative_timestamp"  # before 1970-01-01
     MISSING_TYPE = "missing_type"  # only when a type column is mapped
     UNKNOWN_TYPE = "unknown_type"  # no template for the type and no "*" template
     MISSING_FIELD = "missing_field"  # a field the row's template names is empty (``detail`` names it)
     NON_NUMERIC_FIELD = "non_numeric_field"  # a bucketed field is not a number
     NEGATIVE_FIELD = "negative_field"  # a log-scale bucketed field is below 0
+    KEY_TOO_LONG = "key_too_long"  # the user or the token is longer than index.max_key_length (``detail``: which)
 
 
 #: Sessions table (training split): one row per session chunk, tokens in order.

@@ -36,11 +36,13 @@ class Reason(StrEnum):
     INVALID_UTF8 = "invalid_utf8"  # a field held bytes that are not UTF-8 (any U+FFFD, even a literal one)
     MISSING_USER = "missing_user"
     MISSING_ITEM = "missing_item"
+    KEY_TOO_LONG = "key_too_long"  # user or item id longer than index.max_key_length characters
     MISSING_RATING = "missing_rating"
     NON_NUMERIC_RATING = "non_numeric_rating"
     RATING_OUT_OF_RANGE = "rating_out_of_range"
     MISSING_TIMESTAMP = "missing_timestamp"  # only when a timestamp column is mapped
     UNPARSABLE_TIMESTAMP = "unparsable_timestamp"
+    NEGATIVE_TIMESTAMP = "negative_timestamp"  # before 1970-01-01 (Unix time below 0)
 
 
 class Outcome(StrEnum):

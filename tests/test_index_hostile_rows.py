@@ -11,10 +11,10 @@ import pytest
 
 from jobs.index.job import run
 from jobs.index.probe import probe
-from schemas.errors import InputError
+from schemas.errors import ConfigError, InputError
 from schemas.snapshot import vocab_dir
 from schemas.store import StoreLayout
-from tests.helpers import pipeline_config, read_parquet_dir
+from tests.helpers import events_config, pipeline_config, read_parquet_dir
 
 pytestmark = pytest.mark.spark
 # Reasons are spelled as text (schemas.ratings.Reason and schemas.events.Reason are StrEnums).
@@ -107,6 +107,40 @@ def test_parquet_strings_that_are_not_utf8_are_quarantined(spark, tmp_path):
     assert _keys(result, "user") == {"ok"}
 
 
+# -- over-long keys ------------------------------------------------------------------------------
+
+def test_keys_longer_than_the_limit_are_quarantined(spark, tmp_path):
+    huge = b"u" * 10_000_000  # a 10 MB key on one line
+    rows = [huge + b",10,4,100", b"1," + b"i" * 257 + b",4,100", b"2," + b"i" * 256 + b",4,100", b"3,10,4,100"]
+    path = _write(tmp_path / "r.csv", ML_HEADER + b"\n".join(rows) + b"\n")
+    result = _index(tmp_path, path)
+    counts = result.manifest.counts
+    _assert_accounted(counts, 4)
+    assert (counts.kept, counts.quarantine_reasons) == (2, {"key_too_long": 2})
+    assert _keys(result, "user") == {"2", "3"}
+    assert max(map(len, _keys(result, "item"))) == 256  # the default limit, inclusive
+
+
+def test_the_key_length_limit_is_configured_and_checked(spark, tmp_path):
+    path = _write(tmp_path / "r.csv", ML_HEADER + b"abcdef,10,4,100\nabc,10,4,100\n")
+    counts = _index(tmp_path, path, max_key_length=5).manifest.counts
+    assert (counts.kept, counts.quarantine_reasons) == (1, {"key_too_long": 1})
+    for bad in (0, -1, "many"):
+        with pytest.raises(ConfigError, match="index.max_key_length: Input should be"):
+            pipeline_config(tmp_path, input_path=str(path), columns=ML_COLUMNS, index={"max_key_length": bad})
+
+
+# -- negative timestamps -------------------------------------------------------------------------
+
+def test_negative_timestamps_are_quarantined(spark, tmp_path):
+    rows = b"1,10,4,-5\n2,10,4,1969-12-31T23:59:59Z\n3,10,4,0\n4,10,4,-0.5\n"
+    result = _index(tmp_path, _write(tmp_path / "r.csv", ML_HEADER + rows))
+    counts = result.manifest.counts
+    _assert_accounted(counts, 4)
+    assert (counts.kept, counts.quarantine_reasons) == (1, {"negative_timestamp": 3})
+    assert _keys(result, "user") == {"3"}  # the epoch itself is a valid time
+
+
 # -- gzip and a byte order mark ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, bom, compress", [
@@ -131,3 +165,37 @@ def test_a_gz_file_that_is_not_gzip_is_a_clear_error(tmp_path):
     cfg = pipeline_config(tmp_path, input_path=str(path), columns=ML_COLUMNS)
     with pytest.raises(InputError, match=r"cannot read .*ratings\.csv\.gz as csv: Not a gzipped file"):
         probe(cfg.index)
+
+
+# -- the same rules for an event log -------------------------------------------------------------
+
+def test_event_rows_are_quarantined_with_the_same_rules(spark, tmp_path):
+    header = b"user_id,ts,event,page_type,portal,item,note\n"  # note: a column no template uses
+    rows = [
+        b"a,1704067200,page_view,home,de,,n",
+        b"a,1704067260,purchase,,,sku1,n",
+        b'b,1704067200,page_view,"ho\nme",de,,n',  # embedded_newline (page_type), one record
+        b"caf\xe9,1704067200,purchase,,,sku1,n",  # invalid_utf8 (user)
+        b"c,-5,purchase,,,sku1,n",  # negative_timestamp
+        b"u" * 21 + b",1704067200,purchase,,,sku1,n",  # key_too_long (user)
+        b"d,1704067200,purchase,,," + b"x" * 18 + b",n",  # key_too_long (token buy-xxx: 22 characters)
+        b"d,1704067200,purchase,,,sku1,n,EXTRA",  # malformed_line: a field too many
+        b"d,1704067200,purchase,,,sku1",  # malformed_line: a field too few
+    ]
+    path = _write(tmp_path / "events.csv", header + b"\n".join(rows) + b"\n")
+    templates = {"page_view": "{type}:{page_type}:{portal}", "purchase": "buy-{item}"}
+    cfg = events_config(tmp_path, str(path), templates=templates, events={"buckets": {}})
+    index = cfg.index.model_copy(update={"max_key_length": 20})
+    result = run(index, StoreLayout(tmp_path / "store"))
+    counts = result.manifest.counts
+    _assert_accounted(counts, 9)
+    assert counts.kept == 2
+    assert counts.quarantine_reasons == {
+        "malformed_line": 2, "embedded_newline": 1, "invalid_utf8": 1,
+        "negative_timestamp": 1, "key_too_long": 2,
+    }
+    quarantine = read_parquet_dir(result.path / "quarantine")
+    details = {(r.reason, r.detail) for r in quarantine.itertuples() if r.reason != "malformed_line"}
+    assert details == {("embedded_newline", "page_type"), ("invalid_utf8", "user"), ("negative_timestamp", "-5"),
+                       ("key_too_long", "user"), ("key_too_long", "token")}
+    assert _keys(result, "user") == {"a"} and _keys(result, "token") == {"page_view:home:de", "buy-sku1"}

@@ -49,7 +49,7 @@ def test_one_pass_validation_dedup_and_quarantine_match_a_plain_python_reference
         [(u or None, i, r, t, None, "f.csv") for u, i, r, t in rows],
         "user string, item string, rating string, timestamp string, raw_record string, source_file string",
     )
-    checked = validate(raw, (0.5, 5.0), True, "s")
+    checked = validate(raw, (0.5, 5.0), True, "s", max_key_length=256)
     grouped = deduplicate(checked)
     pairs = grouped.filter(F.col("bad").isNull())
     totals = pairs.agg(F.count(F.lit(1)), F.sum("rows"), F.sum("times"), F.sum("mixed")).first()

@@ -257,6 +257,9 @@ class IndexConfig(StrictModel):
     """Keys seen fewer times than this map to the reserved index 0."""
     rating_range: tuple[float, float] = (0.5, 5.0)
     """Inclusive valid rating range; ratings outside are quarantined."""
+    max_key_length: int = Field(256, ge=1)
+    """Longest key, in characters: a longer user or item id (events: user or token) is quarantined
+    (key_too_long), as every later snapshot keeps every key it has seen."""
     split: SplitConfig = SplitConfig()
     parent: str = "latest"
     """Vocabulary parent: "latest" snapshot of this dataset, "none", or a snapshot id."""
@@ -319,12 +322,12 @@ class IndexConfig(StrictModel):
         if self.kind == "events":
             return self.model_dump(
                 mode="json",
-                include={"kind", "min_count", "input", "events"},
+                include={"kind", "min_count", "max_key_length", "input", "events"},
                 exclude={"input": {"path": True, "synthetic": True, "fingerprint": True, "columns": {"item", "rating"}}},
             )
         return self.model_dump(
             mode="json",
-            include={"min_count", "rating_range", "split", "input"},
+            include={"min_count", "max_key_length", "rating_range", "split", "input"},
             # columns.type is excluded so that ratings snapshots keep the content key they had before events
             exclude={"input": {"path": True, "synthetic": True, "fingerprint": True, "columns": {"type"}}},
         )

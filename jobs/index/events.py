@@ -29,7 +29,8 @@ ENTITIES = ("user", "token")
 
 def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
     events, columns = cfg.events, cfg.input.columns
-    rules = EventRules(events, has_type=columns.type is not None, unit=cfg.input.timestamp_unit)
+    rules = EventRules(events, has_type=columns.type is not None, unit=cfg.input.timestamp_unit,
+                       max_key_length=cfg.max_key_length)
     raw = read_raw(ctx.spark, probed, event_columns(columns.user, columns.timestamp, columns.type, events))
     parsed = validate_events(raw, rules)
     with ctx.timed("quarantine"):

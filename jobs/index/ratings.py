@@ -29,7 +29,7 @@ from schemas.snapshot import SPLITS, Counts, interactions_dir
 def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
     has_ts = cfg.input.columns.timestamp is not None
     raw = read_raw(ctx.spark, probed, ratings_columns(cfg.input.columns))
-    checked = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit)
+    checked = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit, cfg.max_key_length)
     # One pass over the input: valid rows deduplicated per (user, item) and the quarantined
     # rows share one shuffle; the result is reused for the quarantine, counts, vocabularies, writes.
     with ctx.timed("deduplicate"):

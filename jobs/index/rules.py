@@ -10,8 +10,8 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.index.text import any_field, has_line_break, is_invalid_utf8
-from schemas.ratings import CANONICAL_COLUMNS, QUARANTINE_COLUMNS, Reason
+from jobs.index.text import any_field, has_line_break, is_invalid_utf8, is_too_long
+from schemas.ratings import CANONICAL_COLUMNS, ID_COLUMNS, QUARANTINE_COLUMNS, Reason
 
 #: Timestamps must lie within +-(year 10000) seconds of the epoch.
 MAX_ABS_SECONDS = 253_402_300_800
@@ -35,7 +35,8 @@ def parsed_timestamp(unit: str) -> Column:
     return F.when(number.isNotNull(), from_number).otherwise(from_text)
 
 
-def reason(rating_range: tuple[float, float], has_timestamp: bool, rating: Column, ts: Column) -> Column:
+def reason(rating_range: tuple[float, float], has_timestamp: bool, max_key_length: int, rating: Column,
+           ts: Column) -> Column:
     """The first failing rule, or NULL for a valid row; ``rating`` and ``ts`` are the parsed values
     (``parsed_rating``, ``parsed_timestamp``), computed once by the caller."""
     low, high = rating_range
@@ -46,18 +47,23 @@ def reason(rating_range: tuple[float, float], has_timestamp: bool, rating: Colum
         .when(any_field(text, is_invalid_utf8), F.lit(Reason.INVALID_UTF8.value))
         .when(F.col("user").isNull(), F.lit(Reason.MISSING_USER.value))
         .when(F.col("item").isNull(), F.lit(Reason.MISSING_ITEM.value))
+        .when(any_field(list(ID_COLUMNS), lambda key: is_too_long(key, max_key_length)),
+              F.lit(Reason.KEY_TOO_LONG.value))
         .when(F.col("rating").isNull(), F.lit(Reason.MISSING_RATING.value))
         .when(rating.isNull() | F.isnan(rating), F.lit(Reason.NON_NUMERIC_RATING.value))
         .when((rating < low) | (rating > high), F.lit(Reason.RATING_OUT_OF_RANGE.value))
     )
     if has_timestamp:
-        rule = rule.when(F.col("timestamp").isNull(), F.lit(Reason.MISSING_TIMESTAMP.value)).when(
-            ts.isNull(), F.lit(Reason.UNPARSABLE_TIMESTAMP.value)
+        rule = (
+            rule.when(F.col("timestamp").isNull(), F.lit(Reason.MISSING_TIMESTAMP.value))
+            .when(ts.isNull(), F.lit(Reason.UNPARSABLE_TIMESTAMP.value))
+            .when(ts < 0, F.lit(Reason.NEGATIVE_TIMESTAMP.value))
         )
     return rule
 
 
-def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: bool, unit: str) -> DataFrame:
+def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: bool, unit: str,
+             max_key_length: int) -> DataFrame:
     """Columns ``user``, ``item``, ``rating_value``, ``ts`` (NULL on quarantined rows) and ``bad``:
     NULL on valid rows, else a struct of the raw text (RAW_COLUMNS) and the ``reason``.
 
@@ -71,7 +77,7 @@ def validate(raw: DataFrame, rating_range: tuple[float, float], has_timestamp: b
         (parsed_timestamp(unit) if has_timestamp else F.lit(None).cast("long")).alias("ts"),
     )
     checked = parsed.withColumn(
-        "reason", reason(rating_range, has_timestamp, F.col("rating_value"), F.col("ts"))
+        "reason", reason(rating_range, has_timestamp, max_key_length, F.col("rating_value"), F.col("ts"))
     )
     ok = F.col("reason").isNull()
     return checked.select(

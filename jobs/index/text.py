@@ -23,6 +23,10 @@ def is_invalid_utf8(field: Column) -> Column:
     return field.contains(REPLACEMENT_CHARACTER) | ~F.is_valid_utf8(field)
 
 
+def is_too_long(field: Column, max_length: int) -> Column:
+    return F.length(field) > F.lit(max_length)
+
+
 def any_field(fields: list[str], test: Callable[[Column], Column]) -> Column:
     """Whether ``test`` holds for any of the columns ``fields`` (a NULL field passes)."""
     return reduce(lambda a, b: a | b, [F.coalesce(test(F.col(name)), F.lit(False)) for name in fields])

@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.index.config import BucketConfig, EventsConfig
-from jobs.index.text import first_failing_field, has_line_break, is_invalid_utf8
+from jobs.index.text import first_failing_field, has_line_break, is_invalid_utf8, is_too_long
 from schemas.events import ANY_TYPE, TYPE, Reason, bucket_labels, template_parts
 
 #: Timestamps must lie within +-(year 10000): 253,402,300,800 s after the epoch.
@@ -63,8 +63,8 @@ class Check:
 class EventRules:
     """The ordered checks, the token of a valid row, and the key that makes rows exact duplicates."""
 
-    def __init__(self, events: EventsConfig, has_type: bool, unit: str):
-        self.events, self.has_type, self.unit = events, has_type, unit
+    def __init__(self, events: EventsConfig, has_type: bool, unit: str, max_key_length: int):
+        self.events, self.has_type, self.unit, self.max_key_length = events, has_type, unit, max_key_length
         self.fields = {name: field_column(i) for i, name in enumerate(events.fields())}
         listed = [t for t in events.templates if t != ANY_TYPE]
         self.types: list[tuple[str, Column]] = []  # (template key, condition that a row has that type)
@@ -86,16 +86,19 @@ class EventRules:
         return Check(failing.isNotNull(), reason, failing)
 
     def checks(self) -> list[Check]:
+        """In Reason's order. The last reads the ``token`` column (``validate_events`` adds it first)."""
         none = F.lit(None).cast("string")
         # An unmapped type is a NULL column: it passes the text checks.
         text = {"user": "user", "timestamp": "timestamp", "type": "type", **self.fields}
+        time_ms = parsed_time_ms(self.unit)
         checks = [
             Check(F.col("raw_record").isNotNull(), Reason.MALFORMED_LINE, none),
             self._field_check(text, has_line_break, Reason.EMBEDDED_NEWLINE),
             self._field_check(text, is_invalid_utf8, Reason.INVALID_UTF8),
             Check(F.col("user").isNull(), Reason.MISSING_USER, none),
             Check(F.col("timestamp").isNull(), Reason.MISSING_TIMESTAMP, none),
-            Check(parsed_time_ms(self.unit).isNull(), Reason.UNPARSABLE_TIMESTAMP, F.col("timestamp")),
+            Check(time_ms.isNull(), Reason.UNPARSABLE_TIMESTAMP, F.col("timestamp")),
+            Check(time_ms < 0, Reason.NEGATIVE_TIMESTAMP, F.col("timestamp")),
         ]
         if self.has_type:
             checks.append(Check(F.col("type").isNull(), Reason.MISSING_TYPE, none))
@@ -114,6 +117,8 @@ class EventRules:
             for name in self._bucketed(templates[event_type]):
                 if self.events.buckets[name].is_log:
                     checks.append(Check(is_type & (self._number(name) < 0), Reason.NEGATIVE_FIELD, F.lit(name)))
+        keys = {"user": "user", "token": "token"}  # the two vocabularies' keys
+        checks.append(self._field_check(keys, lambda key: is_too_long(key, self.max_key_length), Reason.KEY_TOO_LONG))
         return checks
 
     def _used(self, template: str) -> list[str]:
@@ -161,7 +166,8 @@ def validate_events(raw: DataFrame, rules: EventRules) -> DataFrame:
     """Columns: ``user``, ``ts`` (ms), ``type``, the fields and ``token`` on valid rows; ``reason``
     and ``detail`` (NULL when valid); the raw text and a JSON of the fields on quarantined rows."""
     reason, detail = rules.reason_and_detail()
-    checked = raw.withColumn("reason", reason).withColumn("detail", detail)
+    # The token first, as a column of its own: the key length check and the output read it once.
+    checked = raw.withColumn("token", rules.token()).withColumn("reason", reason).withColumn("detail", detail)
     bad = F.col("reason").isNotNull()
     field_json = F.to_json(F.struct(*[F.col(column).alias(name) for name, column in rules.fields.items()])) \
         if rules.fields else F.lit("{}")
@@ -170,7 +176,7 @@ def validate_events(raw: DataFrame, rules: EventRules) -> DataFrame:
         F.when(~bad, parsed_time_ms(rules.unit)).alias("ts"),
         F.when(~bad, F.col("type")).alias("type"),
         *[F.when(~bad, F.col(column)).alias(column) for column in rules.fields.values()],
-        F.when(~bad, rules.token()).alias("token"),
+        F.when(~bad, F.col("token")).alias("token"),
         "reason",
         "detail",
         *[F.when(bad, F.col(c)).alias(f"raw_{c}") for c in RAW_EVENT_COLUMNS],
