@@ -98,3 +98,54 @@ def test_queries_on_a_missing_store_fail_cleanly(tmp_path):
     result = _cli("sql", "SELECT 1", "--store", tmp_path / "none")
     assert result.returncode == 2 and result.stderr.startswith("error: no latentstore store at")
     assert not (tmp_path / "none").exists()
+
+
+# -- environment failures (issue 12, case 10): one line, the documented exit code, no traceback ---------------
+
+@pytest.fixture
+def small_store(tmp_path) -> Path:
+    from tests.helpers import publish_vectors
+
+    store = tmp_path / "store"
+    publish_vectors(store, "m", {"item": {"a": [1.0, 0.0], "b": [0.9, 0.1], "c": [0.0, 1.0]}})
+    return store
+
+
+def _one_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> None:
+    import re
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_a_store_path_that_is_a_file_is_named(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    for command in (["versions"], ["rollback", "--model", "m", "--to", "1"], ["repair"]):
+        _one_error_line(_cli(*command, "--store", afile), 2, rf"error: .*{afile}")
+    _one_error_line(_cli("repair", "--store", afile / "below"), 2, rf"{afile} is a file, not a directory")
+    assert afile.read_text() == "not a store"
+
+
+def test_names_that_are_paths_and_unknown_models_are_refused(small_store):
+    _one_error_line(_cli("rollback", "--store", small_store, "--model", "../x", "--to", "1"), 2,
+                    r"error: model '\.\./x' must match")
+    _one_error_line(_cli("similar", "a", "--store", small_store, "--model", "../x"), 2, r"error: no model '\.\./x'")
+    _one_error_line(_cli("versions", "--store", small_store, "--model", "nosuch"), 2,
+                    r"error: no model 'nosuch' in .*; its models: m")
+
+
+def test_a_full_disk_is_one_line_exit_1(small_store):
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        result = subprocess.run([*CLI, "similar", "a", "--store", str(small_store), "--model", "m", "-f", "csv"],
+                                cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    _one_error_line(result, 1, r"^error: No space left on device")
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error(small_store):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*CLI, "--debug", "similar", "a", "--store", str(small_store), "--model", "m",
+                                 "-f", "csv"], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "OSError" in result.stderr

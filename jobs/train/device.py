@@ -19,7 +19,8 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def configure_threads(threads: int | None, processes: int = 1) -> int:
-    """Set torch's intra-op threads; bitwise reproducibility holds for equal thread counts.
+    """Set torch's intra-op threads. Runs are bitwise reproducible (and a resumed run equal to an
+    uninterrupted one) with one thread; with more, row updates are summed in a thread-dependent order.
 
     By default each of the ``processes`` training on this machine gets its share of the cores (at most 8)."""
     count = threads or max(1, min((os.cpu_count() or 1) // max(processes, 1), 8))

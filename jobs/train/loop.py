@@ -5,7 +5,8 @@ and hands out its vectors. The loop around it is the same for all of them. A
 checkpoint after every epoch holds everything the next epoch depends on (the
 weights, the learner's optimiser state, averaging and early-stopping state), and
 learners draw their randomness from (seed, epoch): a resumed run is bitwise equal
-to an uninterrupted one on CPU.
+to an uninterrupted one on CPU with one thread (with more, torch's summation order
+varies between any two runs: see jobs.train.device.configure_threads).
 
 Data-parallel (``jobs.train.distributed``): every rank trains each epoch; rank 0
 alone validates, averages, keeps the best weights and checkpoints, then sends
