@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from latentstore.client import connect
+from latentstore.duck import quote_identifier
 from latentstore.knn import batches_of, top_k, unit, vectors_of
 from schemas.errors import StoreError
 
@@ -179,7 +180,7 @@ class Store:
         try:
             joined = self.con.execute(
                 f'SELECT r.* EXCLUDE (__position), e.vector, e.bias, e.count FROM feature_rows r '
-                f'LEFT JOIN {table.name} e ON e.key = CAST(r."{key_column}" AS VARCHAR) ORDER BY r.__position'
+                f'LEFT JOIN {table.name} e ON e.key = CAST(r.{quote_identifier(key_column)} AS VARCHAR) ORDER BY r.__position'
             ).to_arrow_table()
         finally:
             self.con.unregister("feature_rows")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from jobs.common.files import staging_dir
 from jobs.common.locks import exclusive, is_held
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,7 @@ _OWNER = ".owner"
 def owned_staging_dir(tmp_root: Path, prefix: str) -> Iterator[Path]:
     """A fresh directory under ``tmp_root`` (the target's filesystem), owned while the block runs;
     removed when the block raises (the caller renames it away on success)."""
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{prefix}-"))
+    staging = staging_dir(tmp_root, prefix)
     owner = staging.with_name(staging.name + _OWNER)
     try:
         with exclusive(owner, 0, f"staging directory {staging}"):

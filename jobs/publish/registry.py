@@ -71,7 +71,7 @@ def write_version_record(store: StoreLayout, record: dict) -> None:
     path = store.version_record(record["model"], record["version"])
     if path.exists():
         raise StoreError(f"registry record {path} already exists; versions are never rewritten")
-    atomic_write_json(path, record)
+    atomic_write_json(path, record, read_only=True)
 
 
 def current_version(store: StoreLayout, model: str) -> int | None:
@@ -154,7 +154,7 @@ def append_event(store: StoreLayout, model: str, event: str, *, from_version: in
         "details": details or {},
     }
     name = f"{at.strftime(_EVENT_TIME)}-{model}-{event}-{uuid.uuid4().hex[:8]}.json"
-    atomic_write_json(store.registry_events / name, record)
+    atomic_write_json(store.registry_events / name, record, read_only=True)
     return record
 
 
@@ -164,7 +164,7 @@ def switch_pointer(store: StoreLayout, model: str, version: int, event: str, run
     if not store.version_file(model, version).is_file():
         raise StoreError(f"{model} {version_name(version)} has no file at {store.version_file(model, version)}")
     previous = current_version(store, model)
-    atomic_write_text(store.pointer_file(model), f"{version}\n")
+    atomic_write_text(store.pointer_file(model), f"{version}\n", read_only=True)
     pause_point(f"{event}:switched")
     return append_event(store, model, event, from_version=previous, to_version=version, run_id=run_id,
                         details=details)

@@ -51,7 +51,7 @@ def repair_pointer(store: StoreLayout, model: str, to: int | None = None) -> str
             raise StoreError(f"{model} {version_name(target)} has no file in {store.root}; cannot repair "
                              f"{store.pointer_file(model)} with it") from None
         with signals.deferred(f"the repair of {model}'s pointer"):
-            atomic_write_text(store.pointer_file(model), f"{target}\n")
+            atomic_write_text(store.pointer_file(model), f"{target}\n", read_only=True)
             append_event(store, model, "repaired", to_version=target,
                          details={"found": found, "problem": str(broken).split(";")[0]})
         return f"{model}: pointer rebuilt to {version_name(target)} (it {'was missing' if found is None else f'held {found!r}'})"

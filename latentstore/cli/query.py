@@ -160,8 +160,6 @@ def features(
     """Join vectors onto your rows as features: every row kept, unknown keys get NULL vectors (counted)."""
     if not out.name.lower().endswith(".parquet"):
         fail(f"--out {out}: vectors are lists; write Parquet (.parquet)")
-    if '"' in key_column:  # Store.features writes the name as "<name>" into its join (see latentstore.store)
-        fail(f"--key-column {key_column!r}: a column name with a double quote is not supported; rename the column")
     try:
         with _open(store, model, as_of) as opened:
             rows = read_rows(keys)
