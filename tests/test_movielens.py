@@ -108,12 +108,17 @@ def test_readme_has_sql_to_test():
     assert len(_readme_sql_blocks()) >= 8
 
 
+#: The README's own tables, as its SQL names them.
+USER_TABLES = {"movies": SHARED / "datasets" / "movielens-100k" / "movies.csv", "ratings": RATINGS}
+
+
 @pytest.mark.parametrize("index", range(len(_readme_sql_blocks())))
 def test_readme_sql_runs_in_the_plain_duckdb_cli(workdir, index):
     block = _readme_sql_blocks()[index]
-    result = subprocess.run(
-        [str(DUCKDB_CLI), "-init", "latentstore-data/current.sql", "-csv", "-c", block],
-        cwd=workdir, capture_output=True, text=True, timeout=120,
+    tables = "".join(f"CREATE TEMP TABLE {name} AS FROM read_csv('{path}');" for name, path in USER_TABLES.items())
+    result = subprocess.run(  # run in the store, as the README says: current.sql's paths are relative to it
+        [str(DUCKDB_CLI), "-init", "current.sql", "-csv", "-c", tables + block],
+        cwd=workdir / "latentstore-data", capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "Error" not in result.stderr, result.stderr
@@ -128,7 +133,7 @@ def test_readme_sql_runs_through_the_python_client(workdir, index):
     previous = os.getcwd()
     os.chdir(workdir)  # the README's relative paths
     try:
-        con = latentstore.connect("latentstore-data")
+        con = latentstore.connect("latentstore-data", tables=USER_TABLES)
         rows = con.execute(block).fetchall()
         con.close()
     finally:

@@ -129,6 +129,8 @@ def _examples(store: Path, summary: dict) -> list[str]:
     from latentstore import connect
 
     cli, duckdb_cli = _program(sys.argv[0]), _program(str(Path(sys.executable).parent / "duckdb"))
+    if os.sep in duckdb_cli:  # its command runs after `cd` into the store
+        duckdb_cli = str(Path(duckdb_cli).resolve())
     con = connect(store)
 
     def top(model: str, entity: str) -> str:
@@ -152,7 +154,7 @@ def _examples(store: Path, summary: dict) -> list[str]:
                              f"vector_of('{model}', 'user', '{user}'), k := 5)\"")
     finally:
         con.close()
-    return lines + [f"{duckdb_cli} -init {store}/current.sql"]
+    return lines + [f"cd {store} && {duckdb_cli} -init current.sql  # in the store: its paths are relative"]
 
 
 def _program(path: str) -> str:
