@@ -15,11 +15,12 @@ export DO_NOT_TRACK = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test bench bench-scale clean-store help
+.PHONY: run test test-fast bench bench-scale clean-store help
 
 help:
 	@echo "make run    # install if needed, then run the pipeline on $(CONFIG) into $(STORE)/"
 	@echo "make test   # install if needed, then run the whole test suite"
+	@echo "make test-fast  # the tests that need neither Spark nor a Prefect server (under a minute)"
 	@echo "make bench  # install the benchmark extra, run the benchmarks (writes benchmarks/results/*.json)"
 	@echo "make bench-scale  # the stages at 1M and 25M ratings, Spark ALS, a 5M-event log (about an hour)"
 
@@ -33,6 +34,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# No Spark session, no Prefect server, nothing slow: the tier to run while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not spark and not prefect and not slow and not movielens" $(PYTEST_ARGS)
 
 # gensim and faiss-cpu are references for the benchmarks only, never runtime dependencies.
 $(BENCH_STAMP): $(STAMP)

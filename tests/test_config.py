@@ -71,3 +71,13 @@ def test_input_override_replaces_a_synthetic_source(tmp_path):
     cfg = load_config(ROOT / "configs" / "default.toml", input_path=str(tmp_path / "mine.parquet"))
     assert cfg.index.input.synthetic is None
     assert cfg.index.input.path == str(tmp_path / "mine.parquet")
+
+
+def test_a_gate_floor_for_a_model_the_config_does_not_train_is_an_error(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "films"\n[index.input]\npath = "r.csv"\n[publish.gate]\nfloors = { typo_model = 0.95 }\n')
+    with pytest.raises(ConfigError, match=r"publish\.gate\.floors names no model of this config: typo_model; "
+                                          r"its models: films"):
+        load_config(path)
+    path.write_text('name = "films"\n[index.input]\npath = "r.csv"\n[publish.gate]\nfloors = { films = 0.95 }\n')
+    assert load_config(path).publish.gate.floors == {"films": 0.95}

@@ -75,6 +75,7 @@ def test_a_writer_waiting_for_the_lock_names_its_holder_and_gives_up_after_lock_
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_one_trainer_per_run_the_second_waits_and_reuses_the_first_ones_result(tmp_path):
     snapshot = tmp_path / "snapshot"
     write_ratings(snapshot, SyntheticRatings(users=400, items=100, ratings_per_user=30))

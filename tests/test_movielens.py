@@ -1,4 +1,4 @@
-"""MovieLens 100K end to end through the real CLI, and every SQL block of the README.
+"""MovieLens 100K end to end through the real CLI, and every SQL block of the README and docs/sql.md.
 
 The store is built once by `latentstore run configs/movielens-100k.toml
 configs/movielens-100k-sequences.toml` in a subprocess (its own Spark and
@@ -99,13 +99,16 @@ def test_similar_on_sequence_tokens_through_the_cli(workdir):
     assert len(rows) == 5 and "50" not in {row["key"] for row in rows}
 
 
+#: Where the SQL a reader copies lives.
+SQL_DOCS = (ROOT / "README.md", ROOT / "docs" / "sql.md")
+
+
 def _readme_sql_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    return [block for doc in SQL_DOCS for block in re.findall(r"```sql\n(.*?)```", doc.read_text(), flags=re.S)]
 
 
 def test_readme_has_sql_to_test():
-    assert len(_readme_sql_blocks()) >= 8
+    assert len(_readme_sql_blocks()) >= 10
 
 
 #: The README's own tables, as its SQL names them.

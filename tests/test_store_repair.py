@@ -12,6 +12,7 @@ import pytest
 
 import latentstore
 from jobs.publish.registry import BrokenPointer, events
+from jobs.publish.repair import repair
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors
 
@@ -20,6 +21,7 @@ CLI = [sys.executable, "-m", "latentstore.cli"]
 TWO_D = {"item": {"a": [1, 0], "b": [0.9, 0.1], "c": [0, 1], "d": [0.1, 0.9]}}
 NO_GATE = {"gate": {"enabled": False}}
 GARBLED = {"letters": "abc", "empty": "", "no such version": "99", "negative": "-1", "deleted": None}
+FOUND = {"abc": "held 'abc'", "": "held ''", "99": "held '99'", "-1": "held '-1'", None: "was missing"}
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
@@ -63,20 +65,26 @@ def test_a_broken_pointer_is_named_readers_keep_working_and_repair_rebuilds_it(t
         with pytest.raises(BrokenPointer, match=rf"{layout.pointer_file('m')} .*latentstore repair"):
             attempt()
     assert layout.current_sql.read_text() == sql_before  # nothing was dropped from current.sql
-    versions = _cli("versions", "--store", layout.root)
-    assert versions.returncode == 0 and f"warning: {layout.pointer_file('m')}" in versions.stderr
-    publish = _cli("rollback", "--store", layout.root, "--model", "n", "--to", 1)
-    assert publish.returncode == 2 and publish.stderr.startswith("error: ") and "Traceback" not in publish.stderr
-    assert str(layout.pointer_file("m")) in publish.stderr
-
-    repaired = _cli("repair", "--store", layout.root)
-    assert repaired.returncode == 0, repaired.stderr
-    assert "m: pointer rebuilt to v000002" in repaired.stdout
+    assert repair(layout) == [f"m: pointer rebuilt to v000002 (it {FOUND[content]})"]
     assert layout.pointer_file("m").read_text() == "2\n"
     event = [e for e in events(layout, "m") if e["event"] == "repaired"]
     assert len(event) == 1 and event[0]["to_version"] == 2 and event[0]["details"]["found"] == content
     assert _current_sql_models(layout) == {"m", "n"}
     assert publish_vectors(layout.root, "m", TWO_D, publish=NO_GATE).version == 3  # writers work again
+    assert repair(layout) == []
+
+
+def test_the_cli_names_a_broken_pointer_and_repairs_it(tmp_path):
+    layout = _two_models(tmp_path / "store")
+    _break(layout, "abc")
+    versions = _cli("versions", "--store", layout.root)
+    assert versions.returncode == 0 and f"warning: {layout.pointer_file('m')}" in versions.stderr
+    refused = _cli("rollback", "--store", layout.root, "--model", "n", "--to", 1)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
+    assert str(layout.pointer_file("m")) in refused.stderr
+    repaired = _cli("repair", "--store", layout.root)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "m: pointer rebuilt to v000002" in repaired.stdout
     assert _cli("repair", "--store", layout.root).stdout.strip().endswith("nothing to repair")
 
 
