@@ -117,7 +117,7 @@ def _summary(done: subprocess.CompletedProcess) -> dict:
 def _checkpoint(path: Path) -> dict:
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -48,3 +48,37 @@ def test_worse_epochs_during_the_warm_up_do_not_stop_training():
 def test_without_a_warm_up_the_same_run_stops_at_the_third_worse_epoch():
     fit = EpochLoop(ScriptedLearner(RISING_THEN_BETTER), LoopConfig(10, patience=3)).fit()
     assert fit.state.stopped_early and fit.state.epochs_done == 5 and fit.state.best_value == 0.56
+
+
+class _RunsCode:
+    """What a tampered checkpoint could hold: an object whose unpickling runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_unpickle_code_is_refused_and_runs_nothing(tmp_path):
+    import pytest
+
+    from jobs.synthetic.ratings import SyntheticRatings
+    from jobs.synthetic.snapshot import write_ratings
+    from jobs.train.config import MFConfig
+    from jobs.train.job import CHECKPOINT, run
+    from schemas.errors import StoreError
+    from schemas.store import StoreLayout
+
+    manifest = write_ratings(tmp_path / "snapshot", SyntheticRatings(users=60, items=20, ratings_per_user=8))
+    cfg = MFConfig(name="m", dim=4, epochs=2, threads=1, device="cpu")
+    store = StoreLayout(tmp_path / "store")
+    partial = run(cfg, store, tmp_path / "snapshot", manifest, stop_after_epochs=1)
+    honest = torch.load(partial.path / CHECKPOINT, weights_only=True)  # a real checkpoint loads this way
+    marker = tmp_path / "code-ran"
+    torch.save({**honest, "best_weights": _RunsCode(marker)}, partial.path / CHECKPOINT)
+    with pytest.raises(StoreError, match=rf"{CHECKPOINT} is not a checkpoint of tensors and plain data"):
+        run(cfg, store, tmp_path / "snapshot", manifest)
+    assert not marker.exists()

@@ -30,7 +30,7 @@ from jobs.common.hashing import stable_hash
 from jobs.common.locks import exclusive
 from jobs.common.version import code_version
 from jobs.train.config import RATINGS_MODELS, TrainConfig
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout
 
@@ -98,6 +98,20 @@ def run(
         return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs)
 
 
+def _load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint holds tensors and plain data only: loading it never unpickles an object (which could run
+    code), and a file that needs to is refused, naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise StoreError(f"{path} is not a checkpoint of tensors and plain data ({str(error).splitlines()[0]}); "
+                         "delete it, or train with --no-resume") from None
+
+
 def _reuse(run_id: str, out: Path) -> TrainResult:
     log.info("run %s already finished: reusing its vectors", run_id)
     return TrainResult(run_id, out, read_json(out / RESULT), True)
@@ -122,7 +136,7 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
                      extra={"run_id": run_id, "config": cfg.model_dump(mode="json"), "params": built.params})
     # rank 0 decides; every rank then reads the same file (they share the store: they read its snapshot too)
     if distributed.broadcast(checkpoint.is_file() and resume):
-        payload = torch.load(checkpoint, map_location=device, weights_only=False)
+        payload = _load_checkpoint(checkpoint, device)
         if payload.get("params") == built.params:
             loop.load_checkpoint(payload)
             log.info("resuming run %s after epoch %d", run_id, loop.state.epochs_done)
