@@ -12,9 +12,9 @@ import torch
 from jobs.synthetic.planted import knn_accuracy, neighbour_share, planted_labels
 from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig
 from jobs.train.job import CHECKPOINT, run
-from jobs.train.ranking import ranks
-from jobs.train.sequences import Ragged, Sessions
-from schemas.snapshot import SESSIONS_DIR
+from jobs.train.ranking import evaluate, ranks
+from jobs.train.sequences import Histories, Ragged, Sessions
+from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR
 from schemas.errors import ConfigError
 from schemas.store import StoreLayout
 from tests.helpers import SMALL_EVENTS, events_config, index_snapshot
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.spark
 SMALL = {"skipgram": {"epochs": 2, "threads": 1, "device": "cpu"},
          "gru": {"epochs": 2, "threads": 1, "device": "cpu", "dim": 16, "hidden": 32}}
 FAMILIES = {"skipgram": SkipgramConfig, "gru": GRUConfig}
+HR = "valid_hr_at_10"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,19 @@ def _train(tmp_path, snapshot, family, name="s", **overrides):
     cfg = FAMILIES[family](name="m", **{**SMALL[family], **overrides})
     directory, manifest, _ = snapshot
     return run(cfg, StoreLayout(tmp_path / name), directory, manifest, resume=True), cfg
+
+
+def _baselines(snapshot, cfg) -> dict[str, float]:
+    """HR@10 on the model's own validation cases of random scores and of popularity (training counts)."""
+    directory, manifest, _ = snapshot
+    n = manifest.vocab["token"].size
+    cases = Histories(directory / HISTORIES_DIR).cases(cfg.eval_users, cfg.seed)
+    counts = torch.from_numpy(Sessions(directory / SESSIONS_DIR, 10**9).token_counts(n).astype(np.float32))
+    counts[0] = -1.0  # the unknown token is never a candidate worth ranking
+    exclude = getattr(cfg, "exclude_seen", False)
+    generator = torch.Generator().manual_seed(0)
+    return {"random": evaluate(cases, lambda c: torch.rand(len(c), n, generator=generator), n, exclude)[HR],
+            "popularity": evaluate(cases, lambda c: counts.expand(len(c), n), n, exclude)[HR]}
 
 
 def _vectors(result) -> dict:
@@ -53,6 +67,7 @@ def test_one_epoch_trains_validates_and_writes_every_table(tmp_path, events_snap
     metrics = result.result["metrics"]
     assert metrics["epochs_run"] == 1 and len(metrics["history"]) == 1
     assert 0 < metrics["valid_hr_at_10"] <= 1 and 0 < metrics["valid_ndcg_at_10"] <= metrics["valid_hr_at_10"]
+    assert metrics["valid_hr_at_10"] > _baselines(events_snapshot, cfg)["random"]  # one epoch already learns
     assert metrics["valid_cases"] == manifest.counts.valid  # every held-out event, all users sampled
     assert result.result["primary_metric"] == {"name": "valid_hr_at_10", "value": metrics["valid_hr_at_10"],
                                                "direction": "maximize"}
@@ -121,7 +136,7 @@ def test_a_ratings_model_on_an_events_snapshot_is_a_clear_error(tmp_path, events
 @pytest.mark.parametrize("family, overrides", [("skipgram", {"epochs": 5}), ("gru", {"epochs": 8, "dim": 64, "hidden": 128})])
 def test_vectors_recover_the_planted_groups_and_segments(tmp_path, events_snapshot, family, overrides):
     """Tokens' nearest neighbours share their planted group; users' their segment; random vectors do not."""
-    result, _ = _train(tmp_path, events_snapshot, family, **overrides)
+    result, cfg = _train(tmp_path, events_snapshot, family, **overrides)
     (events_file,) = (events_snapshot[2] / "inputs").glob("*.parquet")
     planted, segments = planted_labels(events_file)
     snapshot = events_snapshot[0]
@@ -137,6 +152,8 @@ def test_vectors_recover_the_planted_groups_and_segments(tmp_path, events_snapsh
         random = neighbour_share(np.random.default_rng(42).normal(size=matrix.shape), labels)
         chance = 1 / SMALL_EVENTS["segments"]
         assert share >= 0.85 and accuracy >= 0.85 and random < 2 * chance, (table, share, accuracy, random)
+    baselines = _baselines(events_snapshot, cfg)
+    assert result.result["metrics"][HR] > baselines["popularity"] > baselines["random"], baselines
 
 
 def test_planted_measures_on_a_hand_made_example():
