@@ -81,3 +81,11 @@ def test_a_gate_floor_for_a_model_the_config_does_not_train_is_an_error(tmp_path
         load_config(path)
     path.write_text('name = "films"\n[index.input]\npath = "r.csv"\n[publish.gate]\nfloors = { films = 0.95 }\n')
     assert load_config(path).publish.gate.floors == {"films": 0.95}
+
+
+def test_an_object_store_url_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "films"\n[index.input]\npath = "s3a://bucket/ratings.csv"\n')
+    with pytest.raises(ConfigError, match=r"index\.input\.path: .*'s3a://bucket/ratings\.csv': URLs are not supported; "
+                                          r"mount the bucket"):
+        load_config(path)

@@ -22,9 +22,14 @@ M = TypeVar("M", bound=BaseModel)
 
 def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     """A relative local path resolved against the config file's folder (``base_dir`` in the validation
-    context); URLs (``s3a://...``) and absolute paths unchanged. For use in field validators."""
+    context); absolute paths unchanged. For use in field validators.
+
+    URLs are refused: the driver probes, fingerprints and stores through the local file system, so an
+    object store is read through a mount (a path), never ``s3a://`` directly."""
+    if value and "://" in value:
+        raise ValueError(f"{value!r}: URLs are not supported; mount the bucket or share and give its local path")
     base = (info.context or {}).get("base_dir")
-    if value and base and "://" not in value and not Path(value).is_absolute():
+    if value and base and not Path(value).is_absolute():
         return str((Path(base) / value).resolve())
     return value
 

@@ -16,7 +16,7 @@ from jobs.index.vocab import build_vocab, hash_is_injective, key_counts
 from schemas.vocab import FIRST_INDEX
 from schemas.snapshot import QUARANTINE_DIR, Counts, VocabStats, vocab_dir
 
-log = logging.getLogger("jobs.index.job")
+log = logging.getLogger(__name__)
 # Vocabularies up to this many keys are broadcast to every task for the index join
 # (no shuffle of the rows); larger ones use a shuffle join.
 BROADCAST_MAX_KEYS = 2_000_000

@@ -40,7 +40,7 @@ def _preflight(config: Path, input_path: Path | None):
     from jobs.index.probe import probe
 
     cfg = load_config(config, str(input_path) if input_path else None)
-    if cfg.index.input.path is not None and "://" not in cfg.index.input.path:
+    if cfg.index.input.path is not None:
         probe(cfg.index)
     return cfg
 
