@@ -329,7 +329,7 @@ def constraint_problems(text: str) -> list[str]:
 def gpu_problems(text: str) -> list[str]:
     """The GPU image takes the CUDA torch: PyPI's torch==<pin>, never the CPU index or a +cpu wheel."""
     body = " ".join(f"{word} {args}" for word, args in instructions(text))
-    problems = [f"found {bad!r}" for bad in ("download.pytorch.org/whl/cpu", "+cpu", "--index-url", "cpuonly")
+    problems = [f"found {bad!r}" for bad in ("TORCH_CPU_INDEX", "whl/cpu", "+cpu", "--index-url", "cpuonly")
                 if bad in body]
     if torch_pin() not in body:
         problems.append(f"{torch_pin()} is not installed")
@@ -365,6 +365,6 @@ def test_gpu_image_takes_the_cuda_torch_and_runs_the_gpu_pool_worker():
     assert ROOT / template.relative_to("/app") == GPU_TEMPLATE  # /app is the repo root inside the image
     # The contract fails on a CPU torch.
     cpu = text.replace("pip install -c constraints.txt torch==2.13.0",
-                       "pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch==2.13.0")
+                       "pip install -c constraints.txt --index-url \"$TORCH_CPU_INDEX\" torch==2.13.0")
     assert cpu != text and gpu_problems(cpu)
     assert gpu_problems(text.replace(torch_pin(), "torch==2.13.0+cpu"))
