@@ -3,10 +3,10 @@
     <root>/
       FORMAT                              layout version ("latentstore-store 1")
       .writer.lock                        one writer at a time (fcntl.flock)
+      .locks/run-<run_id>.lock            one trainer per run (fcntl.flock)
       inputs/                             inputs the project generates (synthetic data)
       snapshots/<dataset>/<snapshot_id>/  immutable index output (see schemas.snapshot)
       runs/<run_id>/                      checkpoints, vectors and metrics of one training run
-      runs/<run_id>.lock                  one trainer per run (fcntl.flock)
       models/<model>/v000001.duckdb       one immutable DuckDB file per (model, version)
       models/<model>/CURRENT              the model's current version number, os.replace'd
       registry/versions/<model>/v000001.json   one record per published version (append-only)
@@ -124,7 +124,8 @@ class StoreLayout:
         return self.root / "runs" / run_id
 
     def run_lock(self, run_id: str) -> Path:
-        return self.root / "runs" / f"{run_id}.lock"
+        """Outside runs/, which holds run directories only."""
+        return self.root / ".locks" / f"run-{run_id}.lock"
 
     # publish stage
     @property

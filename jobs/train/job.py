@@ -5,7 +5,6 @@
       vectors/<table>.parquet   index int32, vector fixed_size_list<float32>[dim], bias float32 (nullable)
       result.json            written last: params, metrics per epoch, provenance, and per table the
                              vocabulary its indices refer to and the space its vectors live in
-    runs/<run_id>.lock       held by the one process training the run
 
 Each model family (``mf``, ``skipgram``, ``gru``) is a module with ``build(cfg,
 snapshot_dir, manifest, device) -> Built``: its learner, loop settings and params.
