@@ -25,6 +25,7 @@ DUCKDB_CLI = Path(sys.executable).parent / "duckdb"
 pytestmark = [
     pytest.mark.movielens,
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the first test builds the store: every README command, two full pipeline runs
     pytest.mark.skipif(not RATINGS.is_file(), reason=f"MovieLens 100K not found at {RATINGS}"),
 ]
 
@@ -34,18 +35,34 @@ def _cli(*args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"})
 
 
+def _readme_commands() -> list[str]:
+    """The README's shell commands, in order (continuation lines joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A folder laid out like the repo: ./latentstore-data is the store, ../shared the data."""
+    """A clone as a newcomer has it (../shared beside it), on which every command of the README runs top to
+    bottom as written (but `make test`, which is this): ./latentstore-data ends up with the demo, the event
+    models and MovieLens."""
     base = tmp_path_factory.mktemp("movielens")
     work = base / "repo"
     work.mkdir()
     (base / "shared").symlink_to(SHARED)
-    result = _cli("run", ROOT / "configs" / "movielens-100k.toml", ROOT / "configs" / "movielens-100k-sequences.toml",
-                  cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for model in ("movielens", "movielens_seq_skipgram", "movielens_seq_gru"):
-        assert f"published {model} v1" in result.stdout
+    for entry in ROOT.iterdir():
+        if entry.name not in {"latentstore-data", ".git", ".pytest_cache"}:
+            (work / entry.name).symlink_to(entry)
+    for command in _readme_commands():
+        if command.startswith("make test"):
+            continue
+        done = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, f"README command failed: {command}\n{done.stderr[-3000:]}"
+        if "latentstore run configs/movielens-100k.toml" in command:
+            for model in ("movielens", "movielens_seq_skipgram", "movielens_seq_gru"):
+                assert f"published {model} v1" in done.stdout
     return work
 
 
