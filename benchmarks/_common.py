@@ -31,36 +31,22 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return kids
-
-
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (e.g. Python + the Spark JVM)."""
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for process in processes:
         try:
-            with open(f"/proc/{current}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:  # ended while we looked
             continue
-        stack.extend(_children(current))
-    return total / 1024
+    return total / 2**20
 
 
 class PeakRss:

@@ -23,7 +23,6 @@ TIMESTAMP = "timestamp"
 
 #: Canonical columns, in order; TIMESTAMP is optional in the input.
 CANONICAL_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
-REQUIRED_COLUMNS = (USER, ITEM, RATING)
 #: Columns that become vocabularies (entity name == column name).
 ID_COLUMNS = (USER, ITEM)
 

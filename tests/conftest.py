@@ -23,7 +23,6 @@ import pytest  # noqa: E402
 
 from tests.helpers import build_store, pipeline_config  # noqa: E402
 
-MOVIELENS = ROOT.parent / "shared" / "datasets" / "movielens-100k" / "ratings.csv"
 
 
 @pytest.fixture(scope="session")

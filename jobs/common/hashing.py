@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-_CHUNK = 1 << 20
 
 
 def stable_hash(payload: object, length: int = 16) -> str:
@@ -16,8 +15,5 @@ def stable_hash(payload: object, length: int = 16) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -148,7 +148,6 @@ class Sessions:
 class Cases:
     """Validation cases: predict ``targets[i]`` from ``contexts`` sequence ``i`` (everything before it)."""
 
-    users: np.ndarray
     contexts: Ragged
     targets: np.ndarray
     unknown_targets: int = 0  # held-out events of the unknown token: no model can predict them, not counted
@@ -162,7 +161,6 @@ class Histories:
 
     def __init__(self, directory: Path):
         self.files = sorted(directory.glob("*.parquet"))
-        self.users = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
     def batches(self, rows: int = _READ_ROWS) -> Iterator[tuple[np.ndarray, Ragged, np.ndarray]]:
         """(user indices, recent tokens, held-out counts) in batches of ``rows`` users."""
@@ -180,7 +178,7 @@ class Histories:
             eligible = np.sort(np.random.default_rng([seed, 0xE7A1]).choice(eligible, max_users, replace=False))
         wanted = np.zeros(held.size, bool)
         wanted[eligible] = True
-        users, contexts, targets, start, unknown = [], [], [], 0, 0
+        contexts, targets, start, unknown = [], [], 0, 0
         for batch_users, recent, held_out in self.batches():
             take = np.flatnonzero(wanted[start:start + batch_users.size])
             start += batch_users.size
@@ -191,10 +189,9 @@ class Histories:
                     if sequence[cut] == UNKNOWN_INDEX:
                         unknown += 1
                         continue
-                    users.append(batch_users[row])
                     contexts.append(sequence[:cut])
                     targets.append(sequence[cut])
         offsets = np.concatenate([[0], np.cumsum([c.size for c in contexts])]).astype(np.int64)
         values = np.concatenate(contexts) if contexts else np.empty(0, np.int64)
-        return Cases(np.asarray(users, np.int64), Ragged(values.astype(np.int64), offsets),
+        return Cases(Ragged(values.astype(np.int64), offsets),
                      np.asarray(targets, np.int64), unknown)
