@@ -65,7 +65,7 @@ def measure(n: int, queries: int, batch: int) -> dict:
     from jobs.publish.config import PublishConfig
     from jobs.publish.external import Vectors, prepare
     from jobs.publish.job import run
-    from latentstore.knn import unit as unit_rows
+    from jobs.store.knn import unit as unit_rows
     from schemas.store import StoreLayout
 
     faiss.omp_set_num_threads(2)

@@ -1,7 +1,7 @@
 """Read side: a read-only DuckDB connection on a store's current versions, or on the versions of a past time.
 
 Read-only means the connection cannot change a file, by any SQL: once the versions are attached and the
-views defined, it is locked (latentstore.duck.lock_down), so ATTACH of a file, COPY TO, EXPORT, INSTALL,
+views defined, it is locked (jobs.store.duck.lock_down), so ATTACH of a file, COPY TO, EXPORT, INSTALL,
 LOAD, reading any other file and any configuration change fail with DuckDB's Permission or Invalid Input
 error. Your own files come in explicitly: ``tables={"movies": "movies.csv"}`` loads each as a TEMP table
 before the lock, or ``con.register("movies", arrow_table_or_dataframe)`` at any time.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from latentstore import duck
+from jobs.store import duck
 from schemas.errors import InputError, StoreError
 from schemas.store import FORMAT_LINE, StoreLayout
 
@@ -103,7 +103,7 @@ def _script_for(layout: StoreLayout, as_of, versions: dict[str, int]) -> str:
     """current.sql's content for this store's location: current.sql's versions, or those of ``as_of``
     (and the pinned ``versions``)."""
     from jobs.common.files import read_json
-    from jobs.publish.current_sql import render
+    from jobs.store.current_sql import render
     from jobs.publish.registry import pointers, version_at
 
     if as_of is None and not versions:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentstore.duck import quote_identifier, read_file, reader_of
-from latentstore.knn import unit, vectors_of
+from jobs.store.duck import quote_identifier, read_file, reader_of
+from jobs.store.knn import unit, vectors_of
 from latentstore.store import Store
 from schemas.errors import StoreError
 

@@ -14,7 +14,7 @@ re-plans them, and vss then uses the HNSW index when the table has one; about
 1 ms at 50k rows here). vss's index scan cannot filter: a WHERE clause inside it
 returns fewer rows than asked (often none), so a filtered query over-fetches from
 the index, filters, and falls back to an exact scan when too few rows pass.
-Many queries at once go through latentstore.knn (exact, blocked, streamed).
+Many queries at once go through jobs.store.knn (exact, blocked, streamed).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.store.duck import quote_identifier
+from jobs.store.knn import batches_of, top_k, unit, vectors_of
 from latentstore.client import connect
-from latentstore.duck import quote_identifier
-from latentstore.knn import batches_of, top_k, unit, vectors_of
 from schemas.errors import StoreError
 
 #: Filtered HNSW queries fetch this many times k candidates first, growing by the same factor.

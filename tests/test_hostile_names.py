@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import latentstore
-from jobs.publish.current_sql import render
-from latentstore.duck import quote_identifier, quote_literal
+from jobs.store.current_sql import render
+from jobs.store.duck import quote_identifier, quote_literal
 from schemas.errors import InputError, StoreError
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv

@@ -170,7 +170,7 @@ def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path
 
 
 def test_batch_top_k_ignores_nan_vectors_and_breaks_ties_by_row():
-    from latentstore.knn import top_k
+    from jobs.store.knn import top_k
 
     keys = pa.array(["a", "b", "nan", "d", "tie1", "tie2"])
     vectors = np.array([[1, 0], [0.9, 0.1], [np.nan, np.nan], [0, 1], [0.5, 0.5], [0.5, 0.5]], np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from jobs.common.files import make_read_only
 from jobs.publish.config import PublishConfig
-from latentstore.duck import connect, quote_identifier
+from jobs.store.duck import connect, quote_identifier
 from schemas.errors import StoreError
 from schemas.snapshot import vocab_dir
 from schemas.store import check_name

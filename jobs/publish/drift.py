@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.publish.current_sql import literal
-from latentstore.duck import connect
-from latentstore.knn import batches_of, top_k, vectors_of
+from jobs.store.current_sql import literal
+from jobs.store.duck import connect
+from jobs.store.knn import batches_of, top_k, vectors_of
 from schemas.store import check_name
 
 K = 10

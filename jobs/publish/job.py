@@ -35,7 +35,6 @@ from jobs.common.files import atomic_write_text, read_json
 from jobs.common.version import git_commit
 from jobs.publish import gate, retention
 from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS, PublishConfig
-from jobs.publish.current_sql import macro_clashes, render
 from jobs.publish.lock import writer_lock
 from jobs.publish.recovery import recover
 from jobs.publish.repair import repair_pointer
@@ -52,7 +51,8 @@ from jobs.publish.registry import (
     switch_pointer,
     write_version_record,
 )
-from latentstore.duck import install_vss
+from jobs.store.current_sql import macro_clashes, render
+from jobs.store.duck import install_vss
 from schemas.errors import ConfigError, GateRefused, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout, require_name, version_name

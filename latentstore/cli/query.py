@@ -42,7 +42,7 @@ def sql(
     import duckdb
 
     from latentstore import connect
-    from latentstore.duck import check_read_only
+    from jobs.store.duck import check_read_only
 
     try:
         con = connect(store, tables=_named_files(table or []))
@@ -84,7 +84,7 @@ def _open(store: Path, model: str | None = None, as_of: str | None = None):
 def read_rows(path: Path):
     """A CSV, Parquet or plain-text (one key per line, column "key") file as an Arrow table, read by DuckDB
     through a connection that can open this file only (the store's connection can open none)."""
-    from latentstore.duck import read_file
+    from jobs.store.duck import read_file
     from schemas.errors import InputError
 
     if not path.is_file():

@@ -10,7 +10,7 @@ relative paths against the process's working directory, so run it from the
 store's directory: ``cd STORE && duckdb -init current.sql``. The Python client
 renders the same script for the store's actual location (``client=True``):
 absolute paths, and the registry read into TEMP tables at connect time, because
-its connection can open no file once it is locked (latentstore.duck.lock_down).
+its connection can open no file once it is locked (jobs.store.duck.lock_down).
 
 Names: model and entity names are checked against schemas.store.NAME_PATTERN
 (they are file names and unquoted SQL names); text goes through quote_literal.
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from latentstore.duck import quote_literal
+from jobs.store.duck import quote_literal
 from schemas.errors import StoreError
 from schemas.store import StoreLayout, check_name
 
