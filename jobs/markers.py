@@ -52,7 +52,7 @@ def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_i
 
 
 def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
-    from jobs.publish.registry import current_record_of_run
+    from jobs.store.registry import current_record_of_run
 
     record = current_record_of_run(store, model, run_id) if store.root.is_dir() else None
     done = record is not None and (store.root / record["file"]).is_file()
@@ -61,7 +61,7 @@ def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
 
 def refused_before(store: StoreLayout, model: str, run_id: str) -> bool:
     """The quality gate already refused this run against the model's current version."""
-    from jobs.publish.registry import current_version, events
+    from jobs.store.registry import current_version, events
 
     if not store.root.is_dir():
         return False

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import duckdb
 
+from jobs.common.files import read_json
 from jobs.store import duck
+from jobs.store.current_sql import render
+from jobs.store.registry import check_format, pointers, version_at
 from schemas.errors import InputError, StoreError
-from schemas.store import FORMAT_LINE, StoreLayout
+from schemas.store import StoreLayout
 
 #: current.sql's ATTACH lines, relative (this version) or absolute (stores written before it).
 _ATTACH_LINE = re.compile(r"^ATTACH .*models/([a-z][a-z0-9_]*)/v(\d{6,})\.duckdb' AS \1 \(READ_ONLY\);$")
@@ -78,11 +81,8 @@ def parse_time(value: str | datetime) -> datetime:
 
 def _layout(store: str | Path) -> StoreLayout:
     layout = StoreLayout(store)
-    if not layout.format_file.is_file():
+    if not check_format(layout):
         raise StoreError(f"no latentstore store at {layout.root}; run `latentstore run` first")
-    found = layout.format_file.read_text().strip()
-    if found != FORMAT_LINE.strip():
-        raise StoreError(f"{layout.format_file} says {found!r}; this latentstore reads {FORMAT_LINE.strip()!r}")
     return layout
 
 
@@ -102,10 +102,6 @@ def attached_versions(layout: StoreLayout) -> dict[str, int]:
 def _script_for(layout: StoreLayout, as_of, versions: dict[str, int]) -> str:
     """current.sql's content for this store's location: current.sql's versions, or those of ``as_of``
     (and the pinned ``versions``)."""
-    from jobs.common.files import read_json
-    from jobs.store.current_sql import render
-    from jobs.publish.registry import pointers, version_at
-
     if as_of is None and not versions:
         current = attached_versions(layout)
         chosen = dict(current)

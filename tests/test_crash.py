@@ -20,7 +20,7 @@ import duckdb
 import pytest
 
 import latentstore
-from jobs.publish.registry import events, known_versions, pointers
+from jobs.store.registry import events, known_versions, pointers
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors
 
@@ -40,7 +40,7 @@ print("ready", flush=True)
 for n in range(count):
     if what == "rollback" and n % 2:
         from jobs.publish.job import rollback
-        from jobs.publish.registry import current_version
+        from jobs.store.registry import current_version
         from schemas.store import StoreLayout
         layout = StoreLayout(store)
         rollback(layout, "m", current_version(layout, "m") - 1)

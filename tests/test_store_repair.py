@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import latentstore
-from jobs.publish.registry import BrokenPointer, events
 from jobs.publish.repair import repair
+from jobs.store.registry import BrokenPointer, events
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors
 

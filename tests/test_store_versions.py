@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import latentstore
-from jobs.publish.registry import events
+from jobs.store.registry import events
 from schemas.errors import GateRefused, StoreError
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors

@@ -38,21 +38,17 @@ from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS, PublishConfig
 from jobs.publish.lock import writer_lock
 from jobs.publish.recovery import recover
 from jobs.publish.repair import repair_pointer
-from jobs.publish.registry import (
-    append_event,
+from jobs.publish.registry import append_event, ensure_format, relative, switch_pointer, write_version_record
+from jobs.store.current_sql import macro_clashes, render
+from jobs.store.duck import install_vss
+from jobs.store.registry import (
     current_record_of_run,
     current_version,
-    ensure_format,
-    version_records,
     known_versions,
     pointer_history,
     pointers,
-    relative,
-    switch_pointer,
-    write_version_record,
+    version_records,
 )
-from jobs.store.current_sql import macro_clashes, render
-from jobs.store.duck import install_vss
 from schemas.errors import ConfigError, GateRefused, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout, require_name, version_name

@@ -19,8 +19,9 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from jobs.publish.registry import append_event, current_version, events, known_versions
+from jobs.publish.registry import append_event
 from jobs.publish.retention import exclusive_if_unused
+from jobs.store.registry import current_version, events, known_versions
 from schemas.store import StoreLayout, version_name
 
 log = logging.getLogger(__name__)

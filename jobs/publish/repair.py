@@ -17,7 +17,8 @@ from jobs.common import signals
 from jobs.common.files import atomic_write_text
 from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS
 from jobs.publish.lock import writer_lock
-from jobs.publish.registry import BrokenPointer, append_event, current_version, pointer_history, published_models
+from jobs.publish.registry import append_event
+from jobs.store.registry import BrokenPointer, current_version, pointer_history, published_models
 from schemas.errors import StoreError
 from schemas.store import StoreLayout, version_name
 

@@ -28,13 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs.common.faults import pause_point
-from jobs.publish.registry import (
-    append_event,
-    current_version,
-    known_versions,
-    non_current_since,
-    pointer_history,
-)
+from jobs.publish.registry import append_event
+from jobs.store.registry import current_version, known_versions, non_current_since, pointer_history
 from schemas.store import StoreLayout, version_name
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,7 @@ def _lock_timeout(given: float | None) -> float:
 
 def _warn_broken_pointers(store, models: list[str]) -> None:
     """Readers keep working on a broken pointer (current.sql still attaches the last version), so say it here."""
-    from jobs.publish.registry import BrokenPointer, current_version
+    from jobs.store.registry import BrokenPointer, current_version
     from schemas.store import StoreLayout
 
     for model in models:

@@ -1,0 +1,149 @@
+"""The registry, read: JSON records of versions and events, and the pointers (jobs.publish.registry writes them).
+
+Records are one file each, written atomically and never rewritten, so readers
+(``versions`` in SQL, ``latentstore versions``, the publish job) need no lock. Events:
+
+- ``publish`` / ``rollback`` / ``recovered``: the pointer moved (``from_version`` -> ``to_version``);
+  ``recovered`` is written by the next writer when a crash lost the event of a switch;
+- ``repaired``: ``latentstore repair`` rewrote a garbled or missing pointer (``details.found``);
+- ``refused``: the quality gate refused a version (``details`` say why); nothing changed;
+- ``removed``: retention deleted a version's file (``version``); its record stays;
+- ``abandoned``: a publish killed before its switch; recovery deleted its file, its record (if
+  written) stays, and its number is never used again.
+
+A model's pointer history is its pointer events in time order: the version
+current at a time is the ``to_version`` of the last one at or before it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from jobs.common.files import read_json
+from schemas.errors import StoreError
+from schemas.store import FORMAT_LINE, StoreLayout, version_name
+
+_VERSION_FILE = re.compile(r"^v(\d{6,})\.(duckdb|json)$")
+#: Event file names start with their time in this format: sorted names are time order.
+EVENT_TIME = "%Y%m%dT%H%M%S%fZ"
+
+
+def check_format(store: StoreLayout) -> bool:
+    """True when the store has a FORMAT file this code reads, False when it has none; a StoreError when the
+    file names another layout version."""
+    if not store.format_file.is_file():
+        return False
+    line = store.format_file.read_text().strip()
+    if line != FORMAT_LINE.strip():
+        raise StoreError(f"{store.format_file} says {line!r}; this latentstore reads {FORMAT_LINE.strip()!r}")
+    return True
+
+
+def known_versions(store: StoreLayout, model: str) -> list[int]:
+    """Every version number ever used: by a file, a record or an event (abandoned ones included)."""
+    numbers = {e["version"] for e in events(store, model) if e.get("version") is not None}
+    for directory in (store.model_dir(model), store.registry_versions / model):
+        if directory.is_dir():
+            for path in directory.iterdir():
+                match = _VERSION_FILE.match(path.name)
+                if match:
+                    numbers.add(int(match.group(1)))
+    return sorted(numbers)
+
+
+def version_records(store: StoreLayout, model: str | None = None) -> list[dict]:
+    root = store.registry_versions
+    pattern = f"{model}/v*.json" if model else "*/v*.json"
+    return sorted((read_json(p) for p in root.glob(pattern)), key=lambda r: (r["model"], r["version"]))
+
+
+def current_record_of_run(store: StoreLayout, model: str, run_id: str) -> dict | None:
+    """The record of ``run_id``'s version when it is ``model``'s current one, else None."""
+    current = current_version(store, model)
+    if current is None:
+        return None
+    return next((r for r in version_records(store, model) if r["run_id"] == run_id and r["version"] == current), None)
+
+
+def current_version(store: StoreLayout, model: str) -> int | None:
+    """The version ``models/<model>/CURRENT`` points to; None before the model's first publish.
+
+    Raises BrokenPointer when the pointer is garbled, points to a version without a file, or is
+    missing although the model was published (``latentstore repair`` rebuilds it from the registry)."""
+    pointer = store.pointer_file(model)
+    try:
+        text = pointer.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if pointer_history(store, model):
+            raise BrokenPointer(store, model, "is missing although the model was published") from None
+        return None
+    except IsADirectoryError:
+        raise BrokenPointer(store, model, "is a directory") from None
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise BrokenPointer(store, model, f"holds {value[:40]!r}, not a version number")
+    version = int(value)
+    if not store.version_file(model, version).is_file():
+        raise BrokenPointer(store, model, f"points to {version_name(version)}, which has no file")
+    return version
+
+
+class BrokenPointer(StoreError):
+    """A model's CURRENT pointer cannot be trusted; readers keep the versions current.sql attached."""
+
+    def __init__(self, store: StoreLayout, model: str, problem: str):
+        self.model = model
+        super().__init__(f"{store.pointer_file(model)} {problem}; readers still see the version current.sql "
+                         f"attaches. `latentstore repair --store {store.root}` rebuilds it from the registry "
+                         f"(or `latentstore rollback --model {model} --to N` picks a version)")
+
+
+def published_models(store: StoreLayout) -> list[str]:
+    """Models with a pointer or a pointer event (a deleted pointer is not a model that vanished)."""
+    names = {d.name for d in store.models.iterdir() if d.is_dir()} if store.models.is_dir() else set()
+    names |= {e["model"] for e in events(store) if e["event"] in POINTER_EVENTS}
+    return sorted(names)
+
+
+def pointers(store: StoreLayout) -> dict[str, int]:
+    """Every published model's current version (BrokenPointer if one cannot be read)."""
+    current = {model: current_version(store, model) for model in published_models(store)}
+    return {model: version for model, version in current.items() if version is not None}
+
+
+#: Events that move (or re-establish) a pointer: its history.
+POINTER_EVENTS = ("publish", "rollback", "recovered", "repaired")
+
+
+def events(store: StoreLayout, model: str | None = None) -> list[dict]:
+    """Event records in time order (all models when ``model`` is None)."""
+    if not store.registry_events.is_dir():
+        return []
+    records = [read_json(p) for p in sorted(store.registry_events.glob("*.json"))]  # names sort by time
+    return [r for r in records if model is None or r["model"] == model]
+
+
+def pointer_history(store: StoreLayout, model: str) -> list[dict]:
+    return [e for e in events(store, model) if e["event"] in POINTER_EVENTS]
+
+
+def version_at(store: StoreLayout, model: str, at: datetime) -> int | None:
+    """The version of ``model`` that was current at ``at`` (rollbacks included), or None."""
+    current = None
+    for event in pointer_history(store, model):
+        if datetime.fromisoformat(event["at"]) > at:
+            break
+        current = event["to_version"]
+    return current
+
+
+def non_current_since(store: StoreLayout, model: str, version: int) -> datetime | None:
+    """When ``version`` last stopped being current (None: it is current, or it never was)."""
+    since, was_current = None, False
+    for event in pointer_history(store, model):
+        if event["to_version"] == version:
+            since, was_current = None, True
+        elif was_current and since is None and event["from_version"] == version:
+            since = datetime.fromisoformat(event["at"])
+    return since
