@@ -146,12 +146,11 @@ def _finished_run_id(store: StoreLayout, snapshot_id: str, train_cfg) -> str:
 
 def draw_map(cfg: PipelineConfig, store: StoreLayout, model: str, version: int) -> dict:
     """The 2-D map of ``publish.map`` for one published version, as maps/<model>-vNNNNNN-<entity>.png."""
-    from latentstore.plot import draw
-    from latentstore.store import open_store
+    from jobs.store.maps import draw_version
     from schemas.store import version_name
 
     spec = cfg.publish.map
     out = store.root / "maps" / f"{model}-{version_name(version)}-{spec.entity}.png"
-    with open_store(store.root, versions={model: version}) as opened:
-        return draw(opened, model, spec.entity, out, spec.labels, spec.key_column, spec.label_column,
-                    spec.title_column, spec.method, spec.sample, min_count=spec.min_count)
+    return draw_version(store, model, version, spec.entity, out, labels=spec.labels, key_column=spec.key_column,
+                        label_column=spec.label_column, title_column=spec.title_column, method=spec.method,
+                        sample=spec.sample, min_count=spec.min_count)

@@ -127,7 +127,7 @@ def test_plot_quotes_label_columns(store, tmp_path):
                   "--label-column", 'ge"nres {0}', "--title-column", INJECTION, "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "pwned2.csv").exists()
-    from latentstore.plot import _labels
+    from jobs.store.maps import _labels
 
     assert _labels(str(labels), "it's key", 'ge"nres {0}', INJECTION)["i04"] == ("g1", "title 4")
     _one_clear_line(_cli("plot", "--store", store, "--model", "demo", "--labels", labels, "--label-column",

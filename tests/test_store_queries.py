@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import latentstore
+from schemas.errors import StoreError
+from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv
 
 pytestmark = pytest.mark.spark
@@ -144,7 +146,7 @@ def test_analogy_recovers_a_planted_offset(tmp_path):
 
 
 def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path):
-    root, _, _ = published_store
+    root, _, summary = published_store
     (labels_file,) = (root / "inputs").glob("*.items.csv")
     multi = tmp_path / "labels.csv"
     lines = labels_file.read_text().splitlines()
@@ -157,16 +159,20 @@ def test_plot_writes_a_map_coloured_by_the_first_label(published_store, tmp_path
                   "item", "--label-column", "cluster", "--title-column", "title", "--out", out)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-    from latentstore.plot import _labels, draw
+    from jobs.store.maps import _labels, draw, draw_version
 
     with latentstore.open_store(root) as opened:
         labels = _labels(str(multi), "item", "cluster", "title")
-        tsne = draw(opened, "shop", "item", tmp_path / "tsne.png", str(multi), "item", "cluster", method="tsne",
-                    sample=50, annotate=5)
+        tsne = draw(opened.con, opened.table("shop", "item").name, "shop", "item", tmp_path / "tsne.png", str(multi),
+                    "item", "cluster", method="tsne", sample=50, annotate=5)
     assert {label for label, _ in labels.values()} == {f"taste_{c}" for c in range(4)}  # "|second" dropped
     assert tsne == {"file": str(tmp_path / "tsne.png"), "points": 50, "method": "tsne", "labels": 4, "labelled": 50}
-    with latentstore.open_store(root) as opened:  # fewer points than the default 12 annotations
-        assert draw(opened, "shop", "item", tmp_path / "small.png", sample=10)["points"] == 10
+    # the publish flow's map, straight from the version file (shop.user has an HNSW index); fewer points than the
+    # default 12 annotations
+    version = summary["publish"]["version"]
+    assert draw_version(StoreLayout(root), "shop", version, "user", tmp_path / "small.png", sample=10)["points"] == 10
+    with pytest.raises(StoreError, match="model 'shop' has no entity 'nope'; entities: item, user"):
+        draw_version(StoreLayout(root), "shop", version, "nope", tmp_path / "nope.png")
 
 
 def test_batch_top_k_ignores_nan_vectors_and_breaks_ties_by_row():

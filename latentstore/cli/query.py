@@ -210,7 +210,7 @@ def plot(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """A 2-D map (PCA or t-SNE) of an entity's vectors coloured by a label, as a PNG."""
-    from latentstore.plot import draw
+    from jobs.store.maps import draw
 
     if method not in ("pca", "tsne"):
         fail("--method must be pca or tsne")
@@ -220,8 +220,9 @@ def plot(
         fail("--label-column needs --labels FILE")
     try:
         with _open(store) as opened:
-            drawn = draw(opened, model, entity, out, str(labels) if labels else None, key_column, label_column,
-                         title_column, method, sample, min_count=min_count)
+            drawn = draw(opened.con, opened.table(model, entity).name, model, entity, out,
+                         str(labels) if labels else None, key_column, label_column, title_column, method, sample,
+                         min_count=min_count)
     except LatentstoreError as exc:
         fail(str(exc))
     typer.echo(f"{drawn['points']} points ({drawn['method']}) written to {drawn['file']}")

@@ -9,6 +9,10 @@
   keys without a label "(no label)".
 - The ``annotate`` most frequent keys are written next to their point (their title when a
   title column is given).
+
+Drawn by ``latentstore plot`` on the read client's connection, and by the publish flow's
+``publish.map`` straight from the version file it has just published (``draw_version``),
+so both sides share it here, below them.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.store.duck import quote_identifier, read_file, reader_of
+from jobs.common.files import read_json
+from jobs.store import duck
+from jobs.store.duck import quote_identifier, quote_literal, read_file, reader_of
 from jobs.store.knn import unit, vectors_of
-from latentstore.store import Store
 from schemas.errors import StoreError
+from schemas.store import StoreLayout
 
 COLOURED_LABELS = 10
 NO_LABEL, OTHER = "(no label)", "other"
@@ -63,18 +69,32 @@ def project(vectors: np.ndarray, method: str, seed: int) -> np.ndarray:
     return centred @ components[:2].T
 
 
-def draw(store: Store, model: str, entity: str, out: Path, labels: str | None = None, key_column: str = "key",
+def draw_version(store: StoreLayout, model: str, version: int, entity: str, out: Path, **options) -> dict:
+    """Draw ``entity`` of one published version of ``model`` from its file (attached read-only); ``options``
+    as for ``draw``."""
+    tables = read_json(store.version_record(model, version))["entities"]
+    if entity not in tables:
+        raise StoreError(f"model {model!r} has no entity {entity!r}; entities: {', '.join(sorted(tables))}")
+    con = duck.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {quote_literal(str(store.version_file(model, version)))} AS version_file (READ_ONLY)")
+        return draw(con, f"version_file.{quote_identifier(tables[entity]['table'])}", model, entity, out, **options)
+    finally:
+        con.close()
+
+
+def draw(con, table: str, model: str, entity: str, out: Path, labels: str | None = None, key_column: str = "key",
          label_column: str | None = None, title_column: str | None = None, method: str = "pca",
          sample: int = 10_000, annotate: int = 12, seed: int = 42, min_count: int = 0) -> dict:
-    """Write the map to ``out`` (PNG); returns what it drew."""
+    """Write the map of ``table`` (a qualified, quoted table name on ``con``: ``model.entity``'s vectors) to
+    ``out`` (PNG); returns what it drew."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = store.table(model, entity)
-    rows = store.con.execute(f"SELECT key, vector, count FROM {table.name} WHERE count >= ? ORDER BY count DESC, key",
-                             [min_count]).to_arrow_table()
+    rows = con.execute(f"SELECT key, vector, count FROM {table} WHERE count >= ? ORDER BY count DESC, key",
+                       [min_count]).to_arrow_table()
     if rows.num_rows < 3:
         raise StoreError(f"{model}.{entity} has {rows.num_rows} keys with count >= {min_count}: too few to draw")
     keys, counts = rows.column("key").to_pylist(), rows.column("count").to_numpy()
