@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from jobs.index.config import SyntheticEvents, SyntheticRatings  # noqa: E402
+from jobs.synthetic.config import SyntheticEvents, SyntheticRatings  # noqa: E402
 from jobs.synthetic.snapshot import write_events, write_ratings  # noqa: E402
 from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig  # noqa: E402
 from jobs.train.job import run  # noqa: E402

@@ -81,7 +81,7 @@ def _standardised(x: np.ndarray) -> np.ndarray:
 
 
 def generator_speed(users: int) -> dict:
-    from jobs.index.config import SyntheticEvents
+    from jobs.synthetic.config import SyntheticEvents
     from jobs.synthetic.events import generate
 
     started = time.perf_counter()
@@ -99,7 +99,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import latentstore
     from jobs import stages
-    from jobs.index.job import resolve_input
+    from jobs.stages import resolve_input
     from jobs.synthetic.planted import planted_labels
     from schemas.store import StoreLayout
 

@@ -116,7 +116,7 @@ def race(snapshot: Path, manifest, quality, repeats: int, quality_name: str) -> 
 def synthetic(users: int, repeats: int) -> dict:
     import pyarrow.parquet as pq
 
-    from jobs.index.job import resolve_input
+    from jobs.stages import resolve_input
     from jobs.synthetic.planted import neighbour_share, planted_labels
     from schemas.snapshot import vocab_dir
 

@@ -35,7 +35,6 @@ from prefect.states import Cancelled
 from jobs import markers
 from jobs import stages as stage_jobs
 from jobs.config import PipelineConfig, load_config
-from jobs.index.job import plan as plan_index
 from schemas.errors import ConfigError, GateRefused, LatentstoreError, StageFailed
 from schemas.store import StoreLayout
 
@@ -133,7 +132,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     layout = StoreLayout(store)
     store = str(layout.root)
     if "index" in selected:
-        planned = _stage(cfg.name, "index", lambda: plan_index(cfg.index, layout))  # inputs hashed once per run
+        planned = _stage(cfg.name, "index", lambda: stage_jobs.plan_index(cfg, layout))  # inputs hashed once per run
         marker = markers.index_marker(cfg, layout, planned)
         indexed = _run(index_task, marker, cfg.name, cfg, store, marker, planned, config_path, input_path,
                        isolate_index)

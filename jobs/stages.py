@@ -12,18 +12,43 @@ from pathlib import Path
 
 from jobs.common.files import read_json
 from jobs.config import PipelineConfig
+from jobs.index.config import IndexConfig
 from jobs.index.snapshots import latest_id, read_manifest
 from schemas.errors import StoreError
 from schemas.store import StoreLayout
 
 log = logging.getLogger(__name__)
 
+#: Exit codes of ``python -m jobs.index`` besides 0, read back by ``index_in_subprocess``: bad input or config
+#: (a LatentstoreError), and storage trouble worth a retry (an OSError).
+EXIT_BAD_INPUT, EXIT_IO_ERROR = 2, 3
+
+
+def resolve_input(cfg: IndexConfig, store: StoreLayout) -> IndexConfig:
+    """``cfg`` reading a file: a synthetic input is generated into the store's inputs/ first (once; a rerun
+    finds the same file), as the index job reads files only."""
+    if cfg.input.synthetic is None:
+        return cfg
+    from jobs.synthetic import materialise
+
+    path = materialise(cfg.input.synthetic, store.inputs)
+    return cfg.model_copy(update={"input": cfg.input.model_copy(update={"path": str(path), "synthetic": None})})
+
+
+def plan_index(cfg: PipelineConfig, store: StoreLayout):
+    """The index stage's plan (``jobs.index.job.plan``: the input probed and hashed, its content key the stage's
+    id), made once per run so that inputs are hashed once."""
+    from jobs.index.job import plan
+
+    return plan(resolve_input(cfg.index, store))
+
 
 def index(cfg: PipelineConfig, store: StoreLayout, planned=None) -> dict:
-    """Index ``cfg`` (``planned``: its ``jobs.index.job.plan`` when already made, so inputs are hashed once)."""
+    """Index ``cfg`` (``planned``: its ``plan_index`` when already made, so inputs are hashed once)."""
     from jobs.index.job import run
 
-    result = run(cfg.index, store, planned)
+    planned = planned or plan_index(cfg, store)
+    result = run(planned.cfg, store, planned)
     return _index_summary(result.manifest, result.reused)
 
 
@@ -35,9 +60,6 @@ def index_in_subprocess(config_path: str, input_path: str | None, store: StoreLa
     import subprocess
     import sys
 
-    from jobs.index.__main__ import EXIT_IO_ERROR
-    from jobs.index.snapshots import read_manifest
-
     command = [sys.executable, "-m", "jobs.index", config_path, "--store", str(store.root)]
     if input_path is not None:
         command += ["--input", input_path]
@@ -48,7 +70,7 @@ def index_in_subprocess(config_path: str, input_path: str | None, store: StoreLa
     if done.returncode != 0:
         # Its own one-line "error: ..." when it has one, else the end of its output (a crash).
         reason = next((line for line in reversed(lines) if line.startswith("error: ")), "\n".join(lines[-15:]))
-        error = {2: StoreError, EXIT_IO_ERROR: OSError}.get(done.returncode, RuntimeError)
+        error = {EXIT_BAD_INPUT: StoreError, EXIT_IO_ERROR: OSError}.get(done.returncode, RuntimeError)
         raise error(f"the index subprocess exited with {done.returncode}: {reason}")
     summary = json.loads(done.stdout[done.stdout.index("{"):])  # the JSON summary printed last
     return _index_summary(read_manifest(Path(summary["path"])), summary["reused"])

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.index.config import SyntheticEvents, SyntheticRatings
+from jobs.synthetic.config import SyntheticEvents, SyntheticRatings
 from jobs.synthetic.snapshot import write_events, write_ratings
 from jobs.train.config import GRUConfig, MFConfig, SkipgramConfig
 from jobs.train.job import run

@@ -11,6 +11,7 @@ from jobs.index.config import BucketConfig, EventsConfig
 from jobs.index.job import run
 from jobs.index.sessions import histories, sessionize, training_sessions
 from jobs.index.tokens import bucket_label as spark_bucket_label
+from jobs.stages import resolve_input
 from schemas.events import Reason, bucket_label, template_fields
 from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR, vocab_dir
 from schemas.store import StoreLayout
@@ -197,7 +198,8 @@ def test_synthetic_log_recovers_the_planted_sessions_and_tokens(tmp_path, spark)
     from tests.helpers import SMALL_EVENTS
 
     cfg = events_config(tmp_path, synthetic={**SMALL_EVENTS, "dirty": 0.0})
-    result = run(cfg.index, StoreLayout(tmp_path / "store"))
+    store = StoreLayout(tmp_path / "store")
+    result = run(resolve_input(cfg.index, store), store)  # the stage generates the log, the job reads it
     manifest = result.manifest
     assert manifest.kind == "events" and manifest.counts.balanced()
     assert manifest.counts.quarantined == 0 and manifest.counts.duplicates == 0
@@ -211,7 +213,7 @@ def test_synthetic_log_recovers_the_planted_sessions_and_tokens(tmp_path, spark)
     hist = read_parquet_dir(result.path / HISTORIES_DIR)
     assert hist.held_out.sum() == manifest.counts.valid == stats.users_held_out
     # the generator's sessions are >= 31 minutes apart with events <= 20 minutes apart: all recovered
-    from jobs.index.config import SyntheticEvents
+    from jobs.synthetic.config import SyntheticEvents
     from jobs.synthetic.events import generate_columns
 
     generated, _, _ = generate_columns(SyntheticEvents(**{**SMALL_EVENTS, "dirty": 0.0}))

@@ -14,7 +14,7 @@ import pytest
 
 from jobs.common.locks import exclusive
 from jobs.publish.lock import writer_lock
-from jobs.synthetic.ratings import SyntheticRatings
+from jobs.synthetic.config import SyntheticRatings
 from jobs.synthetic.snapshot import write_ratings
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors

@@ -27,6 +27,7 @@ import pytest
 from jobs.config import load_config
 from jobs.index.job import run
 from jobs.index.snapshots import read_manifest
+from jobs.stages import resolve_input
 from schemas.store import StoreLayout
 from tests.helpers import clicks_toml
 
@@ -271,7 +272,8 @@ def snapshots(standalone_cluster, tmp_path_factory, request) -> dict[str, dict[s
         request.getfixturevalue("spark")
         tmp = tmp_path_factory.mktemp("local")
         configs = _write_configs(tmp / "configs", LOCAL_SPARK)
-        local = {kind: run(load_config(config).index, StoreLayout(tmp / "store")).path
+        store = StoreLayout(tmp / "store")
+        local = {kind: run(resolve_input(load_config(config).index, store), store).path
                  for kind, config in configs.items()}
         on_cluster = {job.kind: _finish(job, standalone_cluster, deadline) for job in jobs}
     finally:

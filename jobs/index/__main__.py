@@ -15,10 +15,9 @@ import sys
 
 from jobs.config import load_config
 from jobs.index.job import run
+from jobs.stages import EXIT_BAD_INPUT, EXIT_IO_ERROR, resolve_input
 from schemas.errors import LatentstoreError
 from schemas.store import StoreLayout
-
-EXIT_IO_ERROR = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s - %(message)s")
     try:
         cfg = load_config(args.config, args.input)
-        result = run(cfg.index, StoreLayout(args.store))
+        store = StoreLayout(args.store)
+        result = run(resolve_input(cfg.index, store), store)
     except LatentstoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except OSError as exc:  # transient storage trouble: the caller may retry
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_IO_ERROR

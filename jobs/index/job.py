@@ -1,7 +1,8 @@
 """The index stage: raw ratings or events -> an immutable, validated, indexed snapshot.
 
 ``run(cfg, store)`` is idempotent: the same input content and data config give
-the same snapshot, and a rerun returns it without starting Spark.
+the same snapshot, and a rerun returns it without starting Spark. It reads files
+only: the stage (jobs.stages) generates a synthetic input before calling it.
 """
 
 from __future__ import annotations
@@ -34,19 +35,6 @@ class IndexResult:
     reused: bool
 
 
-def resolve_input(cfg: IndexConfig, store: StoreLayout) -> IndexConfig:
-    """Materialise a synthetic input into the store and point the config at it."""
-    if cfg.input.synthetic is None:
-        return cfg
-    if cfg.input.synthetic.kind == "events":
-        from jobs.synthetic.events import materialise
-    else:
-        from jobs.synthetic.ratings import materialise
-
-    path = materialise(cfg.input.synthetic, store.inputs)
-    return cfg.model_copy(update={"input": cfg.input.model_copy(update={"path": str(path), "synthetic": None})})
-
-
 def fingerprint(files: list[Path], mode: str) -> list[InputFile]:
     """Each file's path (relative to their common folder), size and sha256 or mtime."""
     common = Path(os.path.commonpath([str(p.parent) for p in files]))
@@ -76,15 +64,18 @@ def content_key(cfg: IndexConfig, probed: ProbedInput, files: list[InputFile]) -
 class Plan:
     """What identifies an index run before Spark starts: the input as probed and its content key."""
 
-    cfg: IndexConfig  # synthetic inputs resolved to their materialised file
+    cfg: IndexConfig
     probed: ProbedInput
     files: list[InputFile]
     input_fingerprint: str
     content_key: str  # the stage id: same input, format and data config -> same key
 
 
-def plan(cfg: IndexConfig, store: StoreLayout) -> Plan:
-    cfg = resolve_input(cfg, store)
+def plan(cfg: IndexConfig) -> Plan:
+    """Probe and fingerprint ``cfg``'s input files (a synthetic input is generated first by the index stage,
+    jobs.stages.resolve_input: the job reads files only)."""
+    if cfg.input.synthetic is not None:
+        raise ConfigError("the index job reads files: generate input.synthetic first (jobs.stages.resolve_input)")
     probed = probe(cfg)
     files = fingerprint(probed.files, cfg.input.fingerprint)
     input_fp, key = content_key(cfg, probed, files)
@@ -93,7 +84,7 @@ def plan(cfg: IndexConfig, store: StoreLayout) -> Plan:
 
 def run(cfg: IndexConfig, store: StoreLayout, planned: Plan | None = None) -> IndexResult:
     """Index ``cfg``; ``planned`` is its plan when the caller already made it (the flow does, for its cache key)."""
-    planned = planned or plan(cfg, store)
+    planned = planned or plan(cfg)
     cfg, probed, files, input_fp, key = (planned.cfg, planned.probed, planned.files, planned.input_fingerprint,
                                          planned.content_key)
     existing = find_by_content(store, cfg.dataset, key)

@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.index.config import SyntheticEvents
 from jobs.synthetic import files
+from jobs.synthetic.config import SyntheticEvents
 from schemas.events import bucket_labels, log_edges
 
 #: The templates and buckets this generator's tokens are designed for (configs/synthetic-events.toml).

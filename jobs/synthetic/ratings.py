@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from jobs.index.config import SyntheticRatings
 from jobs.synthetic import files
+from jobs.synthetic.config import SyntheticRatings
 
 OWN_CLUSTER_SHARE = 0.7
 MATCH_BONUS, MISMATCH_PENALTY = 1.2, -0.6

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.common.hashing import stable_hash
-from jobs.index.config import SyntheticEvents, SyntheticRatings
+from jobs.synthetic.config import SyntheticEvents, SyntheticRatings
 from schemas.snapshot import HISTORIES_DIR, MANIFEST, SESSIONS_DIR, Counts, Manifest, SessionStats, VocabStats, \
     interactions_dir
 
