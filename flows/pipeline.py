@@ -14,7 +14,9 @@
   is half-published (each publish is one atomic pointer switch).
 
 Counts, metrics per epoch, the version published or the gate's refusal, and the
-map link are recorded as artifacts.
+map link are recorded as artifacts. The decisions (stages, retries, lateness, the
+hourly gate skip, failures, a remote train run that did not finish) are
+jobs.policy's, the work is jobs.stages': this module wires them to Prefect.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -32,21 +32,19 @@ from prefect.cache_policies import NONE
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelled
 
-from jobs import markers
+from jobs import markers, policy
 from jobs import stages as stage_jobs
 from jobs.config import PipelineConfig, load_config
-from schemas.errors import ConfigError, GateRefused, LatentstoreError, StageFailed
+from jobs.policy import Stage
+from schemas.errors import GateRefused, StageFailed
 from schemas.store import StoreLayout
 
-Stage = Literal["index", "train", "publish"]
-ALL_STAGES: list[Stage] = ["index", "train", "publish"]
 _JOB_LOGGERS = ("jobs", "latentstore")
 
 
 def is_transient(task, task_run, state) -> bool:
-    """Retry policy: only I/O errors that are not the user's input or config."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, OSError) and not isinstance(error, LatentstoreError)
+    """Retry condition of the stage tasks (jobs.policy.is_transient)."""
+    return policy.is_transient(state.result(raise_on_failure=False))
 
 
 @contextlib.contextmanager
@@ -127,12 +125,13 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     if late is not None:
         logger.warning(late)
         return Cancelled(message=late)
-    selected = _check_stages(stages)
+    selected = policy.check_stages(stages)
     cfg = load_config(config_path, input_path).with_lock_timeout(lock_timeout_seconds)
     layout = StoreLayout(store)
     store = str(layout.root)
     if "index" in selected:
-        planned = _stage(cfg.name, "index", lambda: stage_jobs.plan_index(cfg, layout))  # inputs hashed once per run
+        # inputs hashed once per run
+        planned = policy.in_stage(cfg.name, "index", lambda: stage_jobs.plan_index(cfg, layout))
         marker = markers.index_marker(cfg, layout, planned)
         indexed = _run(index_task, marker, cfg.name, cfg, store, marker, planned, config_path, input_path,
                        isolate_index)
@@ -140,7 +139,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
                     indexed["snapshot_id"], " (reused)" if indexed["reused"] else "", *_counts(indexed))
         _counts_artifact(cfg, indexed)
     else:
-        indexed = _stage(cfg.name, "index", lambda: stage_jobs.snapshot(cfg, layout, snapshot_id))
+        indexed = policy.in_stage(cfg.name, "index", lambda: stage_jobs.snapshot(cfg, layout, snapshot_id))
     snapshot = indexed["snapshot_id"]
     if "train" in selected and train_deployment is not None:
         _train_on_deployment(train_deployment, config_path, store, input_path, snapshot, resume,
@@ -156,10 +155,9 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         logger.info("%s run %s%s: %s", model, trained["run_id"], " (reused)" if trained["reused"] else "",
                     trained["metrics"])
         published = None
-        if selected == ["publish"] and not force and markers.refused_before(layout, model, trained["run_id"]):
-            # The hourly refresh would ask the gate the same question every hour and fail every hour.
-            logger.warning("%s: the quality gate already refused run %s against the current version; not asked "
-                           "again (force=true publishes it)", model, trained["run_id"])
+        skipped = policy.publish_skipped(layout, model, trained["run_id"], selected, force)
+        if skipped:
+            logger.warning("%s", skipped)
         elif "publish" in selected:
             try:
                 published = _publish(cfg, layout, model, trained, indexed, force)
@@ -167,8 +165,9 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
                 logger.error("%s", failure)
                 failures.append(failure)
         models[model] = {"train": trained, "publish": published}
-    if failures:
-        raise failures[0] if len(failures) == 1 else StageFailed("; ".join(str(f) for f in failures))
+    failure = policy.combined_failure(failures)
+    if failure is not None:
+        raise failure
     return {"index": indexed, "stages": selected, "models": models}
 
 
@@ -176,15 +175,15 @@ def _trained(cfg, layout: StoreLayout, model: str, snapshot: str, resume: bool, 
              lock_timeout: float | None) -> dict | None:
     """Train here, or read the run trained elsewhere (another deployment, an earlier run)."""
     if not local:
-        return _stage(model, "train", lambda: stage_jobs.finished_run(cfg, layout, model, snapshot))
-    marker = _stage(model, "train", lambda: markers.train_marker(cfg, layout, model, snapshot))
+        return policy.in_stage(model, "train", lambda: stage_jobs.finished_run(cfg, layout, model, snapshot))
+    marker = policy.in_stage(model, "train", lambda: markers.train_marker(cfg, layout, model, snapshot))
     return _run(train_task, marker, model, cfg, str(layout.root), marker, model, snapshot, resume, lock_timeout)
 
 
 def _publish(cfg, layout: StoreLayout, model: str, trained: dict, indexed: dict, force: bool) -> dict:
     logger = get_run_logger()
     store = str(layout.root)
-    marker = _stage(model, "publish", lambda: markers.publish_marker(layout, model, trained["run_id"]))
+    marker = policy.in_stage(model, "publish", lambda: markers.publish_marker(layout, model, trained["run_id"]))
     try:
         published = _run(publish_task, marker, model, cfg, store, marker, model, trained["run_id"],
                          indexed["snapshot_id"], force)
@@ -211,20 +210,11 @@ def _run(stage_task, marker: markers.StageMarker, label: str, *args) -> dict:
     state = call(*args, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
-        reason = f"{type(error).__name__}: {error}" if not isinstance(error, LatentstoreError) else str(error)
-        failure = StageFailed(f"{marker.stage} stage of {label} failed: {reason}")
+        failure = policy.stage_failure(marker.stage, label, error)
         raise failure from error if isinstance(error, BaseException) else failure
     result = state.result()
     # A cached result is the summary of the run that did the work: say it was reused.
     return {**result, "reused": True} if state.name == "Cached" else result
-
-
-def _stage(label: str, stage: str, call):
-    """Flow-side steps of a stage (markers, reading a snapshot) fail with the stage's name too."""
-    try:
-        return call()
-    except LatentstoreError as error:
-        raise StageFailed(f"{stage} stage of {label} failed: {error}") from error
 
 
 def _train_on_deployment(deployment: str, config_path: str, store: str, input_path: str | None, snapshot: str,
@@ -238,40 +228,21 @@ def _train_on_deployment(deployment: str, config_path: str, store: str, input_pa
     child = run_deployment(name=deployment, timeout=timeout_minutes * 60, poll_interval=2, parameters={
         "config_path": config_path, "store": store, "input_path": input_path, "resume": resume,
         "stages": ["train"], "snapshot_id": snapshot})
-    state = child.state
-    if state is not None and state.is_completed():
-        return
-    if state is None or not state.is_final():
-        # No worker on that pool, or a queue ahead of it: do not hold this deployment's slot forever.
+    outcome = policy.remote_train_outcome(deployment, child.name, child.state, timeout_minutes)
+    if outcome.cancel:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(child.id, Cancelled(message=f"gave up after {timeout_minutes:g} min"), force=True)
-        raise StageFailed(f"train stage failed: deployment {deployment} did not finish flow run {child.name} within "
-                          f"train_timeout_minutes={timeout_minutes:g} (is a worker running on its pool?); cancelled it")
-    raise StageFailed(f"train stage failed on deployment {deployment}: flow run {child.name} ended "
-                      f"{state.name}: {state.message}")
+    if outcome.failure is not None:
+        raise outcome.failure
 
 
 def _lateness(max_lateness_minutes: float | None) -> str | None:
-    """Why this run is too late to be worth running, or None."""
+    """Why this run is too late to be worth running (jobs.policy.late_reason), or None."""
     if max_lateness_minutes is None:
         return None
     from prefect.runtime import flow_run
 
-    scheduled = flow_run.scheduled_start_time
-    late_by = (datetime.now(UTC) - scheduled).total_seconds() / 60
-    if late_by <= max_lateness_minutes:
-        return None
-    return (f"skipped: started {late_by:.1f} min after its scheduled time {scheduled.isoformat(timespec='seconds')}, "
-            f"more than max_lateness_minutes={max_lateness_minutes:g}; the next scheduled run will do the work")
-
-
-def _check_stages(selected: list[str] | None) -> list[str]:
-    if selected is None:
-        return list(ALL_STAGES)
-    unknown = sorted(set(selected) - set(ALL_STAGES))
-    if unknown or not selected:
-        raise ConfigError(f"stages must be a non-empty subset of {ALL_STAGES}, got {selected}")
-    return [s for s in ALL_STAGES if s in selected]
+    return policy.late_reason(flow_run.scheduled_start_time, max_lateness_minutes)
 
 
 def _counts(indexed: dict) -> list[int]:

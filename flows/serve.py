@@ -13,14 +13,15 @@ from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from flows.pipeline import ALL_STAGES, _check_stages, pipeline
+from flows.pipeline import pipeline
 from jobs.config import load_config
+from jobs.policy import ALL_STAGES, check_stages
 
 
 def served_deployments(configs: list[Path], store: Path, cron: str | None = None, stages: list[str] | None = None,
                        max_lateness_minutes: float | None = None, suffix: str = "served"):
     """A runner deployment per config: ``<config name>-<suffix>``, scheduled by ``cron`` when given."""
-    selected = _check_stages(stages or list(ALL_STAGES))
+    selected = check_stages(stages or list(ALL_STAGES))
     deployments = []
     for config in configs:
         cfg = load_config(config)  # fails now, not at the first scheduled run

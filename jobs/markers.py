@@ -57,14 +57,3 @@ def publish_marker(store: StoreLayout, model: str, run_id: str) -> StageMarker:
     record = current_record_of_run(store, model, run_id) if store.root.is_dir() else None
     done = record is not None and (store.root / record["file"]).is_file()
     return StageMarker("publish", f"{model}/{run_id}", done, str(store.root))
-
-
-def refused_before(store: StoreLayout, model: str, run_id: str) -> bool:
-    """The quality gate already refused this run against the model's current version."""
-    from jobs.store.registry import current_version, events
-
-    if not store.root.is_dir():
-        return False
-    current = current_version(store, model)
-    return any(e["event"] == "refused" and e.get("run_id") == run_id and e.get("from_version") == current
-               for e in events(store, model))
