@@ -63,10 +63,10 @@ def measure(n: int, queries: int, batch: int) -> dict:
 
     import latentstore
     from jobs.publish.config import PublishConfig
-    from jobs.publish.external import Vectors, prepare
     from jobs.publish.job import run
     from jobs.store.knn import unit as unit_rows
     from schemas.store import StoreLayout
+    from tests.external import Vectors, prepare
 
     faiss.omp_set_num_threads(2)
     vectors = clustered(n)

@@ -106,7 +106,7 @@ def publish_vectors(store: Path, model: str, tables: dict[str, dict[str, list[fl
     import numpy as np
 
     from jobs.publish.config import PublishConfig
-    from jobs.publish.external import Vectors, publish_external
+    from tests.external import Vectors, publish_external
 
     arrays = {entity: Vectors(list(v), np.array(list(v.values()), np.float32),
                               np.array([(counts or {}).get(k, 1) for k in v], np.int64))

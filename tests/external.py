@@ -1,10 +1,14 @@
-"""Publish vectors computed elsewhere (another trainer, a benchmark, a test) through the real publish job.
+"""Test and benchmark support: publish vectors made by hand (a test) or elsewhere (a benchmark) through the real
+publish job.
 
 Each table is given as keys, a [rows, dim] matrix and optional counts; a minimal
 snapshot (the vocabularies) and training run (the vectors) are written to a work
 folder, and the publish job does the rest: version file, indexes, gate, drift,
 registry, pointer, retention. ``validation_set`` stands for a snapshot's content key:
 the quality gate compares metrics only between versions with the same one.
+
+It lives with the tests, not in jobs/, because no stage of the product uses it;
+tests.helpers.publish_vectors and benchmarks/query.py do.
 """
 
 from __future__ import annotations
