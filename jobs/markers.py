@@ -34,7 +34,7 @@ class StageMarker:
 
 
 def index_marker(cfg: PipelineConfig, store: StoreLayout, planned) -> StageMarker:
-    """``planned``: the index stage's ``jobs.index.job.plan`` (its content key is the stage id)."""
+    """``planned``: the index stage's plan (jobs.stages.plan_index; its content key is the stage id)."""
     from jobs.index.snapshots import find_by_content
 
     dataset = cfg.index.dataset
