@@ -31,15 +31,15 @@ from pathlib import Path
 
 from jobs.common import signals
 from jobs.common.faults import pause_point
-from jobs.common.files import atomic_write_text, read_json
+from jobs.common.files import read_json
 from jobs.common.version import git_commit
 from jobs.publish import gate, retention
 from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS, PublishConfig
 from jobs.publish.lock import writer_lock
-from jobs.publish.recovery import recover
+from jobs.publish.recovery import recover_store, refresh_current_sql
 from jobs.publish.repair import repair_pointer
 from jobs.publish.registry import append_event, ensure_format, relative, switch_pointer, write_version_record
-from jobs.store.current_sql import macro_clashes, render
+from jobs.store.current_sql import macro_clashes
 from jobs.store.duck import install_vss
 from jobs.store.registry import (
     current_record_of_run,
@@ -64,23 +64,6 @@ class PublishResult:
     record: dict
     reused: bool
     retention: dict | None = None
-
-
-def refresh_current_sql(store: StoreLayout) -> None:
-    """Rewrite current.sql from the pointers (call under the writer lock)."""
-    current = {}
-    for model, version in pointers(store).items():
-        current[model] = read_json(store.version_record(model, version))
-    atomic_write_text(store.current_sql, render(store, current))
-
-
-def recover_store(store: StoreLayout) -> list[str]:
-    """Repair a killed writer's leftovers (call under the writer lock); a switch it committed becomes
-    visible in current.sql. Returns what was done."""
-    done = recover(store)
-    if pointers(store):
-        refresh_current_sql(store)
-    return done
 
 
 def run(

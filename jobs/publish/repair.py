@@ -17,6 +17,7 @@ from jobs.common import signals
 from jobs.common.files import atomic_write_text
 from jobs.publish.config import DEFAULT_LOCK_TIMEOUT_SECONDS
 from jobs.publish.lock import writer_lock
+from jobs.publish.recovery import recover_store
 from jobs.publish.registry import append_event
 from jobs.store.registry import BrokenPointer, current_version, pointer_history, published_models
 from schemas.errors import StoreError
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def repair(store: StoreLayout, lock_timeout_seconds: float | None = DEFAULT_LOCK_TIMEOUT_SECONDS) -> list[str]:
     """Repair every model's pointer that needs it, then recover and rewrite current.sql; returns what was done."""
-    from jobs.publish.job import recover_store
-
     if not store.format_file.is_file():
         raise StoreError(f"no latentstore store at {store.root} (no FORMAT file)")
     with writer_lock(store.lock_file, lock_timeout_seconds):
