@@ -13,7 +13,7 @@ from schemas.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["default.toml", "movielens-100k.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
 def test_shipped_configs_validate_and_round_trip(name):
     cfg = load_config(ROOT / "configs" / name)
     dumped = cfg.model_dump(mode="json")
@@ -89,3 +89,14 @@ def test_an_object_store_url_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match=r"index\.input\.path: .*'s3a://bucket/ratings\.csv': URLs are not supported; "
                                           r"mount the bucket"):
         load_config(path)
+
+
+def test_an_events_config_still_refuses_ratings_only_settings(tmp_path):
+    path = tmp_path / "e.toml"
+    base = ('name = "clicks"\n[index]\nkind = "events"\n{extra}[index.input]\npath = "e.csv"\n'
+            'columns = {{ user = "u", timestamp = "t", type = "e"{columns} }}\n'
+            '[index.events]\ntemplates = {{ "*" = "{{type}}" }}\n')
+    with pytest.raises(ConfigError, match=r"input\.columns\.item is not used by kind = 'events'"):
+        load_config(path.write_text(base.format(extra="", columns=', item = "movie"')) and path)
+    with pytest.raises(ConfigError, match=r"index\.split is only for kind = 'ratings'"):
+        load_config(path.write_text(base.format(extra='split = { kind = "time" }\n', columns="")) and path)

@@ -218,15 +218,17 @@ class IndexConfig(StrictModel):
             return self
         if self.events is None:
             raise ValueError("kind = 'events' needs an [index.events] section with the token templates")
+        # Set to something else than the default, not merely present: a dumped config (every field written)
+        # must validate again.
         for name in ("item", "rating"):
-            if name in self.input.columns.model_fields_set:
+            if getattr(self.input.columns, name) != ColumnMap.model_fields[name].default:
                 raise ValueError(f"input.columns.{name} is not used by kind = 'events': name the column in a template")
         if self.input.columns.timestamp is None:
             raise ValueError("kind = 'events' needs input.columns.timestamp: sessions are ordered by time")
         if self.input.columns.type is None and set(self.events.templates) != {ANY_TYPE}:
             raise ValueError('without input.columns.type every row is one type: give only the "*" template')
         for name in ("split", "rating_range"):
-            if name in self.model_fields_set:
+            if getattr(self, name) != type(self).model_fields[name].default:
                 raise ValueError(f"index.{name} is only for kind = 'ratings'; events hold out each user's last events "
                                  "(index.events.holdout)")
         return self
