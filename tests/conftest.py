@@ -23,6 +23,18 @@ import pytest  # noqa: E402
 
 from tests.helpers import build_store, pipeline_config  # noqa: E402
 
+#: Engine fixtures and the marker a test using them (directly or through another fixture) gets.
+ENGINE_MARKERS = {"spark": "spark", "prefect_harness": "prefect"}
+
+
+def pytest_collection_modifyitems(items):
+    """Markers from what a test really uses, not from its file: `make test-fast` deselects `spark` and
+    `prefect`, so a pure test beside Spark tests still runs there, and a test that starts an engine
+    through a fixture never does."""
+    for item in items:
+        for fixture, marker in ENGINE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

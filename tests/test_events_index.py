@@ -17,7 +17,6 @@ from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR, vocab_dir
 from schemas.store import StoreLayout
 from tests.helpers import events_config, read_parquet_dir, write_csv
 
-pytestmark = pytest.mark.spark
 MINUTE = 60_000
 
 
@@ -78,7 +77,7 @@ def _tokens_by_index(result) -> dict[int, str]:
     return dict(zip(vocab["index"], vocab["key"]))
 
 
-def test_rows_become_tokens_and_each_bad_row_is_quarantined_with_its_reason(tmp_path):
+def test_rows_become_tokens_and_each_bad_row_is_quarantined_with_its_reason(spark, tmp_path):
     rows = [
         ["a", "2024-01-01T00:00:00Z", "page_view", "home", "de", "", ""],
         ["a", "2024-01-01T00:01:00Z", "scroll", "home", "", "1500", ""],
@@ -117,7 +116,7 @@ def test_rows_become_tokens_and_each_bad_row_is_quarantined_with_its_reason(tmp_
     assert tokens == {"page_view:home:de", "scroll:1000-2000px", "buy-sku1", "scroll:0-250px"}
 
 
-def test_a_template_for_any_other_type_replaces_quarantine(tmp_path):
+def test_a_template_for_any_other_type_replaces_quarantine(spark, tmp_path):
     rows = [["a", "2024-01-01T00:00:00Z", "heartbeat", "", "", "", ""],
             ["a", "2024-01-01T00:00:01Z", "page_view", "home", "de", "", ""]]
     result = _index_events(tmp_path, rows, templates={**EVENT_TEMPLATES, "*": "other:{type}"})
@@ -232,7 +231,7 @@ def _session_lengths(result) -> list[int]:
     return sessions.groupby(["user", "session"]).length.sum().tolist()
 
 
-def test_json_lines_events_with_numbers_and_a_rebuild_that_keeps_token_indices(tmp_path):
+def test_json_lines_events_with_numbers_and_a_rebuild_that_keeps_token_indices(spark, tmp_path):
     import json
 
     def write(rows):
@@ -263,7 +262,7 @@ def test_json_lines_events_with_numbers_and_a_rebuild_that_keeps_token_indices(t
     assert after == {**before, "buy-y": 3, "scroll:0-250px": 4}
 
 
-def test_a_dataset_of_ratings_cannot_become_a_dataset_of_events(tmp_path):
+def test_a_dataset_of_ratings_cannot_become_a_dataset_of_events(spark, tmp_path):
     from schemas.errors import ConfigError
     from tests.helpers import pipeline_config
 

@@ -10,7 +10,6 @@ import latentstore
 from schemas.snapshot import HISTORIES_DIR
 from tests.helpers import build_models, events_config
 
-pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")

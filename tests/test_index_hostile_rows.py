@@ -16,7 +16,6 @@ from schemas.snapshot import vocab_dir
 from schemas.store import StoreLayout
 from tests.helpers import events_config, pipeline_config, read_parquet_dir
 
-pytestmark = pytest.mark.spark
 # Reasons are spelled as text (schemas.ratings.Reason and schemas.events.Reason are StrEnums).
 ML_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
 ML_HEADER = b"userId,movieId,rating,timestamp\n"

@@ -15,7 +15,6 @@ from schemas.snapshot import interactions_dir, vocab_dir
 from schemas.store import StoreLayout
 from tests.helpers import pipeline_config, read_parquet_dir, write_csv
 
-pytestmark = pytest.mark.spark
 ML_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
 
 # One row per rule, plus duplicates and a superseded rating, in ml-latest layout.
@@ -44,7 +43,7 @@ def _index(tmp_path, path, **kw):
     return run(cfg.index, StoreLayout(tmp_path / "store"))
 
 
-def test_each_quarantine_reason_and_the_count_identity(tmp_path):
+def test_each_quarantine_reason_and_the_count_identity(spark, tmp_path):
     path = write_csv(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"], MESSY_ROWS)
     result = _index(tmp_path, path)
     counts = result.manifest.counts
@@ -73,7 +72,7 @@ def test_each_quarantine_reason_and_the_count_identity(tmp_path):
     assert kept[kept.user == users["9"]].timestamp.tolist() == [1577934245]
 
 
-def test_rerun_reuses_the_snapshot_and_new_data_appends_keys(tmp_path):
+def test_rerun_reuses_the_snapshot_and_new_data_appends_keys(spark, tmp_path):
     path = write_csv(tmp_path / "in" / "ratings.csv", ["userId", "movieId", "rating", "timestamp"],
                      [["a", "x", 4, 1], ["b", "x", 3, 2], ["b", "y", 5, 3]])
     first = _index(tmp_path, path)
@@ -100,7 +99,7 @@ def test_rerun_reuses_the_snapshot_and_new_data_appends_keys(tmp_path):
         ("ratings.dat", "movielens-dat", "1::1193::5::978300760\n1::661::3::978302109\n"),
     ],
 )
-def test_original_grouplens_formats(tmp_path, name, fmt, text):
+def test_original_grouplens_formats(spark, tmp_path, name, fmt, text):
     path = tmp_path / name
     path.write_text(text)
     result = _index(tmp_path, path, columns={})
@@ -108,7 +107,7 @@ def test_original_grouplens_formats(tmp_path, name, fmt, text):
     assert result.manifest.counts.kept == 2 and result.manifest.counts.quarantined == 0
 
 
-def test_parquet_and_json_lines(tmp_path):
+def test_parquet_and_json_lines(spark, tmp_path):
     table = pa.table({"u": [1, 2, 2], "i": ["p", "q", "p"], "r": [4.5, 1.0, 7.0], "t": [10, 20, 30]})
     pq.write_table(table, tmp_path / "r.parquet")
     mapping = {"user": "u", "item": "i", "rating": "r", "timestamp": "t"}
@@ -124,7 +123,7 @@ def test_parquet_and_json_lines(tmp_path):
     assert jsonl.manifest.counts.quarantine_reasons == {"malformed_line": 1, "missing_timestamp": 1}
 
 
-def test_time_split_holds_out_the_latest_ratings(tmp_path):
+def test_time_split_holds_out_the_latest_ratings(spark, tmp_path):
     rows = [[u, i, 3, u * 100 + i] for u in range(1, 5) for i in range(1, 6)]
     path = write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], rows)
     result = _index(tmp_path, path, index={"split": {"kind": "time", "fraction": 0.25}})
@@ -134,7 +133,7 @@ def test_time_split_holds_out_the_latest_ratings(tmp_path):
     assert len(valid) == 5 and valid.timestamp.min() > cutoff >= train.timestamp.max()
 
 
-def test_all_rows_invalid_is_a_clear_error_and_leaves_no_snapshot(tmp_path):
+def test_all_rows_invalid_is_a_clear_error_and_leaves_no_snapshot(spark, tmp_path):
     path = write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], [["1", "2", "x", "3"]])
     with pytest.raises(InputError, match=r"no valid rows in .*r\.csv: all 1 rows were quarantined \(non_numeric_rating: 1\)"):
         _index(tmp_path, path)

@@ -61,13 +61,13 @@ def test_a_writer_waiting_for_the_lock_names_its_holder_and_gives_up_after_lock_
     publish_vectors(store, "m", TWO_D)
     layout = StoreLayout(store)
     with writer_lock(layout.lock_file, timeout=5):
-        waiting = _start("rollback", "--store", store, "--model", "m", "--to", 1, "--lock-timeout", 3)
+        waiting = _start("rollback", "--store", store, "--model", "m", "--to", 1, "--lock-timeout", 1)
         seen = _wait_for(waiting, "waiting for store")
         assert f"locked by pid {os.getpid()} on " in seen and "--lock-timeout" in seen
         _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 3, err
     assert f"error: store {layout.root} (a publish, rollback or repair) is locked by pid {os.getpid()}" in err
-    assert "gave up after 3s (--lock-timeout SECONDS waits longer)" in err and "Traceback" not in err
+    assert "gave up after 1s (--lock-timeout SECONDS waits longer)" in err and "Traceback" not in err
     assert layout.pointer_file("m").read_text() == "2\n"  # nothing changed
     # with the lock free, the same command goes through
     done = subprocess.run([*CLI, "rollback", "--store", str(store), "--model", "m", "--to", "1"], cwd=ROOT,

@@ -19,7 +19,6 @@ from schemas.errors import ConfigError
 from schemas.store import StoreLayout
 from tests.helpers import SMALL_EVENTS, events_config, index_snapshot
 
-pytestmark = pytest.mark.spark
 SMALL = {"skipgram": {"epochs": 2, "threads": 1, "device": "cpu"},
          "gru": {"epochs": 2, "threads": 1, "device": "cpu", "dim": 16, "hidden": 32}}
 FAMILIES = {"skipgram": SkipgramConfig, "gru": GRUConfig}

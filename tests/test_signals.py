@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from jobs.common.staging import owned_staging_dir, sweep
+from jobs.config import load_config
 from schemas.store import StoreLayout
-from tests.helpers import publish_vectors, small_ratings_toml
+from tests.helpers import index_snapshot, publish_vectors, small_ratings_toml
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +29,13 @@ LONG_TRAINING = "patience = 1000\nbatch_size = 64"
 
 
 @pytest.fixture(scope="module")
-def long_run(tmp_path_factory) -> tuple[Path, Path]:
+def long_run(spark, tmp_path_factory) -> tuple[Path, Path]:
+    """A config that trains far longer than the tests wait, and a store that already holds its snapshot
+    (indexed by the test session's Spark), so each run starts no JVM: its index stage finds the snapshot."""
     base = tmp_path_factory.mktemp("signals")
     config = base / "long.toml"
-    config.write_text(small_ratings_toml("long", master="local[1]", train=LONG_TRAINING).replace("epochs = 2",
-                                                                                               "epochs = 5000"))
+    config.write_text(small_ratings_toml("long", train=LONG_TRAINING).replace("epochs = 2", "epochs = 5000"))
+    index_snapshot(load_config(config), base / "store")
     return config, base / "store"
 
 

@@ -10,7 +10,6 @@ import pytest
 import latentstore
 from schemas.errors import StoreError
 
-pytestmark = pytest.mark.spark
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from schemas.errors import StoreError
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv
 
-pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
 
 

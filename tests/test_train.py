@@ -13,7 +13,6 @@ from schemas.snapshot import interactions_dir
 from schemas.store import StoreLayout
 from tests.helpers import index_snapshot, pipeline_config
 
-pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")

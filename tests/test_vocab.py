@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.index.vocab import apply_vocab, build_vocab
-
-pytestmark = pytest.mark.spark
 
 
 def _counts(spark, pairs):
@@ -58,7 +55,6 @@ def test_indexing_is_one_to_one_contiguous_and_order_free(spark, keys, data):
     assert indices == list(range(1, len(keys) + 1))  # contiguous from 1, one per key
     expected = sorted(counts, key=lambda kc: (-kc[1], kc[0].encode()))
     assert [k for k, _ in expected] == [k for k, _, _ in sorted(first, key=lambda r: r[1])]
-
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
