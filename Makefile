@@ -20,7 +20,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 help:
 	@echo "make run    # install if needed, then run the pipeline on $(CONFIG) into $(STORE)/"
 	@echo "make test   # install if needed, then run the whole test suite"
-	@echo "make test-fast  # the tests that need neither Spark nor a Prefect server (under a minute)"
+	@echo "make test-fast  # the tests that need neither Spark nor a Prefect server (about a minute)"
 	@echo "make bench  # install the benchmark extra, run the benchmarks (writes benchmarks/results/*.json)"
 	@echo "make bench-scale  # the stages at 1M and 25M ratings, Spark ALS, a 5M-event log (about an hour)"
 
