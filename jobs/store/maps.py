@@ -64,9 +64,9 @@ def project(vectors: np.ndarray, method: str, seed: int) -> np.ndarray:
 
         perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
         return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
-    centred = x - x.mean(0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    return centred @ components[:2].T
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, svd_solver="full").fit_transform(x)  # signs fixed by sklearn: stable maps
 
 
 def draw_version(store: StoreLayout, model: str, version: int, entity: str, out: Path, **options) -> dict:
