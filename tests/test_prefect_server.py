@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -119,12 +120,22 @@ def _prefect(env: dict, *args: str) -> str:
     return done.stdout
 
 
-def _api(env: dict, method: str, path: str, body: dict | None = None):
+#: What Prefect's own client retries: the server's SQLite is busy under load (it answers 503), not broken.
+_RETRIED_STATUS = {429, 502, 503}
+
+
+def _api(env: dict, method: str, path: str, body: dict | None = None, attempts: int = 5):
     request = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code not in _RETRIED_STATUS or attempt == attempts - 1:
+                raise
+            time.sleep(2 ** attempt)
 
 
 def test_deployments_from_infra_run_on_workers_and_publish(server, tmp_path):
