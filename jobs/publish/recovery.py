@@ -23,18 +23,10 @@ from jobs.common.files import atomic_write_text, read_json
 from jobs.publish.registry import append_event
 from jobs.publish.retention import exclusive_if_unused
 from jobs.store.current_sql import render
-from jobs.store.registry import current_version, events, known_versions, pointers
+from jobs.store.registry import current_version, events, known_versions, pointers, published_models
 from schemas.store import StoreLayout, version_name
 
 log = logging.getLogger(__name__)
-
-
-def _models(store: StoreLayout) -> list[str]:
-    names = set()
-    for root in (store.models, store.registry_versions):
-        if root.is_dir():
-            names.update(p.name for p in root.iterdir() if p.is_dir())
-    return sorted(names)
 
 
 def recover(store: StoreLayout) -> list[str]:
@@ -44,7 +36,7 @@ def recover(store: StoreLayout) -> list[str]:
         for staging in list(store.tmp.glob("*.duckdb")) + list(store.tmp.glob("*.duckdb.wal")):
             staging.unlink(missing_ok=True)
             done.append(f"removed staging file {staging.name}")
-    for model in _models(store):
+    for model in published_models(store):
         history = events(store, model)
         moves = [e for e in history if e["to_version"] is not None]
         current = current_version(store, model)

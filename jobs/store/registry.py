@@ -100,9 +100,12 @@ class BrokenPointer(StoreError):
 
 
 def published_models(store: StoreLayout) -> list[str]:
-    """Models with a pointer or a pointer event (a deleted pointer is not a model that vanished)."""
-    names = {d.name for d in store.models.iterdir() if d.is_dir()} if store.models.is_dir() else set()
-    names |= {e["model"] for e in events(store) if e["event"] in POINTER_EVENTS}
+    """Models with a folder of versions or of registry records (kept forever): a model whose pointer was
+    deleted is still one, and listing two folders reads no event file."""
+    names = set()
+    for root in (store.models, store.registry_versions):
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if p.is_dir())
     return sorted(names)
 
 
