@@ -157,3 +157,16 @@ items = 6
 templates = {{ page_view = "{{type}}:{{page_type}}:{{portal}}", scroll = "{{type}}:{{pixels}}", "*" = "{{type}}" }}
 buckets = {{ pixels = {{ log_start = 250, unit = "px" }} }}
 """
+
+
+def wait_for_stderr(process, text: str, timeout: float = 120) -> str:
+    """Read a running process's stderr until ``text`` shows up; returns what was read (fails if it exits first)."""
+    import time
+
+    seen, deadline = "", time.monotonic() + timeout
+    while text not in seen:
+        line = process.stderr.readline()
+        assert line or process.poll() is None, f"exited {process.returncode} before {text!r}: {seen}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout}s: {seen}"
+        seen += line
+    return seen

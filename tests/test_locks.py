@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from jobs.publish.lock import writer_lock
 from jobs.synthetic.config import SyntheticRatings
 from jobs.synthetic.snapshot import write_ratings
 from schemas.store import StoreLayout
-from tests.helpers import publish_vectors
+from tests.helpers import publish_vectors, wait_for_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "latentstore.cli"]
@@ -44,17 +43,6 @@ def _start(*args, code: str | None = None) -> subprocess.Popen:
                             env={**os.environ, "COLUMNS": "200"})
 
 
-def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
-    """Read the process's stderr until ``text`` shows up; returns what was read."""
-    seen, deadline = "", time.monotonic() + timeout
-    while text not in seen:
-        line = process.stderr.readline()
-        assert line or process.poll() is None, f"exited {process.returncode} before {text!r}: {seen}"
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout}s: {seen}"
-        seen += line
-    return seen
-
-
 def test_a_writer_waiting_for_the_lock_names_its_holder_and_gives_up_after_lock_timeout(tmp_path):
     store = tmp_path / "store"
     publish_vectors(store, "m", TWO_D)
@@ -62,7 +50,7 @@ def test_a_writer_waiting_for_the_lock_names_its_holder_and_gives_up_after_lock_
     layout = StoreLayout(store)
     with writer_lock(layout.lock_file, timeout=5):
         waiting = _start("rollback", "--store", store, "--model", "m", "--to", 1, "--lock-timeout", 1)
-        seen = _wait_for(waiting, "waiting for store")
+        seen = wait_for_stderr(waiting, "waiting for store")
         assert f"locked by pid {os.getpid()} on " in seen and "--lock-timeout" in seen
         _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 3, err
@@ -81,9 +69,9 @@ def test_one_trainer_per_run_the_second_waits_and_reuses_the_first_ones_result(t
     write_ratings(snapshot, SyntheticRatings(users=400, items=100, ratings_per_user=30))
     store = tmp_path / "store"
     first = _start(snapshot, store, 120, code=TRAINER)  # long enough to find it training
-    _wait_for(first, "training mf")
+    wait_for_stderr(first, "training mf")
     second = _start(snapshot, store, 120, code=TRAINER)
-    seen = _wait_for(second, "waiting for training run")
+    seen = wait_for_stderr(second, "waiting for training run")
     assert f"locked by pid {first.pid} on " in seen
     out_first, err_first = first.communicate(timeout=300)
     assert first.returncode == 0, err_first

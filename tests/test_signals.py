@@ -20,7 +20,7 @@ import pytest
 from jobs.common.staging import owned_staging_dir, sweep
 from jobs.config import load_config
 from schemas.store import StoreLayout
-from tests.helpers import index_snapshot, publish_vectors, small_ratings_toml
+from tests.helpers import index_snapshot, publish_vectors, small_ratings_toml, wait_for_stderr
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,12 +70,7 @@ def _run_until_training(config: Path, store: Path) -> tuple[subprocess.Popen, in
     process = subprocess.Popen([sys.executable, "-m", "latentstore.cli", "run", str(config), "--store", str(store)],
                                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True, env={**os.environ, "COLUMNS": "200"})
-    seen, deadline = "", time.monotonic() + 300
-    while "/5000  train_rmse" not in seen:  # an epoch finished (a resumed run starts later than 1)
-        line = process.stderr.readline()
-        assert line or process.poll() is None, f"exited {process.returncode} before training: {seen}"
-        assert time.monotonic() < deadline, seen
-        seen += line
+    wait_for_stderr(process, "/5000  train_rmse", timeout=300)  # an epoch finished (a resumed run starts later)
     return process, _server_of(process)
 
 
@@ -157,8 +152,7 @@ def test_sigterm_before_the_commit_point_leaves_the_current_version_and_no_stagi
     writer = subprocess.Popen([sys.executable, "-c", PUBLISH_PAUSED, str(store)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**os.environ, "LATENTSTORE_PAUSE_AT": "publish:built"})
-    while "paused at publish:built" not in writer.stderr.readline():
-        assert writer.poll() is None
+    wait_for_stderr(writer, "paused at publish:built")
     writer.send_signal(signal.SIGTERM)
     _, err = writer.communicate(timeout=30)
     assert writer.returncode != 0 and "Terminated" in err
