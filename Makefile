@@ -8,6 +8,9 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 CONFIG ?= configs/default.toml configs/synthetic-events.toml
 STORE  ?= latentstore-data
 PYTEST_ARGS ?=
+# Test files run on this many workers (one Spark session and one Prefect harness each); 0 runs them in this process.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_CONF_DIR ?= $(CURDIR)/infra/spark
@@ -33,11 +36,11 @@ run: $(STAMP)
 	$(VENV)/bin/latentstore run $(CONFIG) --store $(STORE)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 # No Spark session, no Prefect server, nothing slow: the tier to run while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not spark and not prefect and not slow and not movielens" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) -m "not spark and not prefect and not slow and not movielens" $(PYTEST_ARGS)
 
 # gensim and faiss-cpu are references for the benchmarks only, never runtime dependencies.
 $(BENCH_STAMP): $(STAMP)

@@ -27,10 +27,16 @@ from tests.helpers import build_store, pipeline_config  # noqa: E402
 ENGINE_MARKERS = {"spark": "spark", "prefect_harness": "prefect"}
 
 
+#: Files that take minutes as one unit (the README top to bottom): started first, so that on several workers
+#: (`make test` runs files on 2) they do not end the run alone.
+LONGEST_FIRST = ("test_movielens.py",)
+
+
 def pytest_collection_modifyitems(items):
     """Markers from what a test really uses, not from its file: `make test-fast` deselects `spark` and
     `prefect`, so a pure test beside Spark tests still runs there, and a test that starts an engine
-    through a fixture never does."""
+    through a fixture never does. And the longest files first."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the rest keep their order
     for item in items:
         for fixture, marker in ENGINE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.index.job import run
+from jobs.index.job import plan, run
 from schemas.errors import InputError
 from schemas.ratings import Reason
 from schemas.snapshot import interactions_dir, vocab_dir
@@ -165,3 +168,53 @@ def test_runs_under_spark_submit(tmp_path):
     assert summary["counts"]["kept"] == 2 and not summary["reused"]
     manifest = json.loads((Path(summary["path"]) / "manifest.json").read_text())
     assert manifest["spark"]["master"] == "local[1]"  # spark-submit's master, not the config's
+
+
+def _kept(result):
+    return pd.concat([read_parquet_dir(result.path / interactions_dir(part)) for part in ("train", "valid")])
+
+
+def _source(path, **settings) -> dict:
+    return {"input": {"path": str(path), "columns": ML_COLUMNS, **settings}}
+
+
+def test_tsv_a_custom_delimiter_and_millisecond_timestamps(spark, tmp_path):
+    header = ["userId", "movieId", "rating", "timestamp"]
+    rows = [["1", "a,b", "4.0", "1700000000999"], ["2", "c", "3.5", "1700000100001"]]
+    tsv = write_csv(tmp_path / "tsv" / "r.tsv", header, rows, delimiter="\t")
+    by_tab = run(pipeline_config(tmp_path, index={**_source(tsv, timestamp_unit="ms")}).index,
+                 StoreLayout(tmp_path / "tab"))
+    assert by_tab.manifest.input_format == "tsv" and by_tab.manifest.counts.kept == 2
+    assert sorted(_kept(by_tab).timestamp) == [1_700_000_000, 1_700_000_100]  # milliseconds floored to seconds
+    items = pq.read_table(by_tab.path / vocab_dir("item")).column("key").to_pylist()
+    assert "a,b" in items  # a comma is data in a tab-separated file
+
+    in_seconds = [[user, item, rating, ms[:-3]] for user, item, rating, ms in rows]
+    semicolons = write_csv(tmp_path / "semi" / "r.csv", header, [*in_seconds, ["3", "d", "2"]], delimiter=";")
+    by_semicolon = run(pipeline_config(tmp_path, index={**_source(semicolons, delimiter=";")}).index,
+                       StoreLayout(tmp_path / "semi-store"))
+    counts = by_semicolon.manifest.counts
+    assert counts.kept == 2 and counts.quarantine_reasons == {"malformed_line": 1}
+    assert sorted(_kept(by_semicolon).timestamp) == [1_700_000_000, 1_700_000_100]  # the default unit: seconds
+
+
+def test_a_metadata_fingerprint_follows_size_and_mtime_and_a_content_one_follows_the_bytes(tmp_path):
+    path = write_csv(tmp_path / "in" / "r.csv", ["userId", "movieId", "rating", "timestamp"], [["1", "a", "4", "5"]])
+
+    def planned(mode: str):
+        return plan(pipeline_config(tmp_path, index=_source(path, fingerprint=mode)).index)
+
+    content, metadata = planned("content"), planned("metadata")
+    stat = path.stat()
+    assert content.files[0].sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and content.files[0].mtime_ns is None
+    assert metadata.files[0].sha256 is None and metadata.files[0].mtime_ns == stat.st_mtime_ns
+    assert content.content_key != metadata.content_key
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same bytes
+    assert planned("content").content_key == content.content_key
+    assert planned("metadata").content_key != metadata.content_key
+
+    path.write_bytes(path.read_bytes().replace(b"a,4", b"b,3"))  # other bytes of the same size, the old mtime back
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned("content").content_key != content.content_key
+    assert planned("metadata").content_key == metadata.content_key  # the trade-off docs/config.md states
