@@ -149,3 +149,13 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(small_store):
         result = subprocess.run([*CLI, "--debug", "similar", "a", "--store", str(small_store), "--model", "m",
                                  "-f", "csv"], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" in result.stderr and "OSError" in result.stderr
+
+
+def test_sql_that_duckdb_rejects_exits_1_with_duckdbs_message(small_store):
+    for query, message in (("SELECT * FROM m.nosuch", "Table with name nosuch does not exist"),
+                           ("SELECT key FROM m.item WHERE", "syntax error"),
+                           ("SELECT 1 / 'a'", "Conversion Error")):
+        result = _cli("sql", "--store", small_store, query)
+        assert result.returncode == 1 and result.stdout == "", (query, result.stderr)
+        assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr
+    assert _cli("sql", "--store", small_store, "SELECT count(*) AS n FROM m.item", "-f", "csv").stdout == "n\n3\n"

@@ -55,6 +55,36 @@ def test_a_filtered_top_k_returns_k_rows_where_the_index_alone_returns_fewer(sto
     assert [k for k, _, _ in got] == _exact(store, "user", key, 10, threshold)
 
 
+
+def _brute_force(store, entity: str, vector, k: int, min_count: int, exclude: set[str]) -> list[str]:
+    """The exact ranking in numpy: cosine distance, then key, over every row the filters keep."""
+    keys, vectors, counts = zip(*store.con.execute(f"SELECT key, vector, count FROM shop.{entity}").fetchall())
+    matrix = np.asarray(vectors, dtype=np.float64)
+    query = np.asarray(vector, dtype=np.float64)
+    distance = 1 - matrix @ query / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
+    ranked = sorted((round(float(d), 6), key) for key, d, count in zip(keys, distance, counts)
+                    if count >= min_count and key not in exclude)
+    return [key for _, key in ranked[:k]]
+
+
+def test_a_filter_the_index_cannot_satisfy_falls_back_to_exact_search(store, monkeypatch):
+    """Over-fetching stops at MAX_CANDIDATES (4096 on real tables; 16 here, so 200 rows are enough): past it,
+    the filtered query runs exactly instead of returning fewer than k rows."""
+    from latentstore import store as client
+
+    monkeypatch.setattr(client, "MAX_CANDIDATES", 16)
+    threshold = store.con.execute("SELECT quantile_disc(count, 0.95) FROM shop.user").fetchone()[0]
+    key = store.con.execute("SELECT key FROM shop.user WHERE count < ? ORDER BY key LIMIT 1", [threshold]).fetchone()[0]
+    vector = store.vector("shop", "user", key)
+    candidates = [k for k, _, _ in store._candidates(store.table("shop", "user"), vector.tolist(), 16)]
+    qualifying = {k for (k,) in store.con.execute("SELECT key FROM shop.user WHERE count >= ?", [threshold]).fetchall()}
+    assert len(set(candidates) & qualifying) < 5  # what the index alone would give
+    got = store.nearest("shop", "user", vector, k=5, min_count=threshold, exclude={key})
+    assert [k for k, _, _ in got] == _brute_force(store, "user", vector, 5, threshold, {key})
+    assert [k for k, _, _ in got] == [k for k, _, _ in store.nearest("shop", "user", vector, 5, threshold, {key},
+                                                                     exact=True)]
+
+
 def test_hnsw_recall_against_exact_and_explain_shows_the_index(store):
     keys = [k for (k,) in store.con.execute("SELECT key FROM shop.user ORDER BY key").fetchall()]
     found = total = 0

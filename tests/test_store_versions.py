@@ -219,6 +219,17 @@ def test_retention_waits_out_the_grace_period_and_never_removes_the_current_vers
     assert third.retention["removed"] == [1, 2] and third.version == 3
 
 
+
+def test_without_keep_versions_every_version_stays(tmp_path):
+    store = tmp_path / "store"
+    keep_all = {"keep_versions": None}
+    results = [publish_vectors(store, "m", TWO_D, publish=keep_all) for _ in range(4)]
+    assert [r.retention for r in results] == [{"removed": [], "open": [], "grace": []}] * 4
+    files = sorted(p.name for p in StoreLayout(store).model_dir("m").glob("*.duckdb"))
+    assert files == [f"v{n:06d}.duckdb" for n in range(1, 5)]
+    assert publish_vectors(store, "m", TWO_D, publish={"keep_versions": 2}).retention["removed"] == [1, 2, 3]
+
+
 # -- the CLI --------------------------------------------------------------------------------------------
 
 def test_versions_lists_metrics_drift_gate_and_retention(tmp_path):
