@@ -21,7 +21,7 @@ import duckdb
 from jobs.common.files import read_json
 from jobs.store import duck
 from jobs.store.current_sql import render
-from jobs.store.registry import check_format, pointers, version_at
+from jobs.store.registry import check_format, has_record, pointers, version_at
 from schemas.errors import InputError, StoreError
 from schemas.store import StoreLayout
 
@@ -122,7 +122,7 @@ def _script_for(layout: StoreLayout, as_of, versions: dict[str, int]) -> str:
     records = {}
     for model, version in chosen.items():
         record_path = layout.version_record(model, version)
-        if not record_path.is_file():
+        if not has_record(layout, model, version):
             raise StoreError(f"{model} has no version {version} in {layout.root}")
         if not layout.version_file(model, version).is_file():
             if current.get(model) == version:

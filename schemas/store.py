@@ -151,3 +151,8 @@ class StoreLayout:
     @property
     def registry_events(self) -> Path:
         return self.root / "registry" / "events"
+
+    @property
+    def event_segments(self) -> Path:
+        """Compacted events: JSON lines files, each holding a run of older event files (jobs.store.registry)."""
+        return self.registry_events / "segments"

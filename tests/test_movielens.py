@@ -128,6 +128,76 @@ def test_readme_has_sql_to_test():
     assert len(_readme_sql_blocks()) >= 10
 
 
+def _ascending(values) -> bool:
+    values = list(values)
+    return values == sorted(values)
+
+
+def _truth() -> dict:
+    """What MovieLens 100K says, independent of any model: its users, movies, ratings per movie, user 1's movies."""
+    with RATINGS.open() as fh:
+        rows = list(csv.DictReader(fh))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["movieId"]] = counts.get(row["movieId"], 0) + 1
+    return {"users": len({r["userId"] for r in rows}), "items": len(counts), "counts": counts,
+            "rated_by_1": {r["movieId"] for r in rows if r["userId"] == "1"}}
+
+
+SEQUELS = {"172", "181"}  # The Empire Strikes Back, Return of the Jedi: neighbours of Star Wars (50) in every model
+
+
+def _sequels_near_star_wars(rows, truth):
+    keys = [r[0] for r in rows]
+    return len(rows) == 5 and "50" not in keys and SEQUELS & set(keys) and _ascending(r[-1] for r in rows)
+
+
+def _counts_are_the_training_ratings(rows, truth):
+    # a 10% random validation split: each movie keeps about 90% of its ratings for training
+    return [(r[0], r[1]) for r in rows] == [("172", 64), ("181", 64), ("50", 64)] and all(
+        0.8 * truth["counts"][r[0]] <= r[3] < truth["counts"][r[0]] for r in rows)
+
+
+def _tables_have_every_key(rows, truth):
+    got = {(model, entity): (keys, dim) for model, entity, keys, dim in rows}
+    return got[("movielens", "user")] == (truth["users"], 64) and got[("movielens", "item")] == (truth["items"], 64) \
+        and all(got[(m, "token")][0] == truth["items"] for m in ("movielens_seq_gru", "movielens_seq_skipgram")) \
+        and all(got[(m, "user")][0] == truth["users"] for m in ("movielens_seq_gru", "movielens_seq_skipgram"))
+
+
+#: For every SQL block of the docs (found by a phrase of it), what its rows must be on the MovieLens store.
+SQL_ANSWERS = {
+    "most_similar('movielens', 'item', '50'": _sequels_near_star_wars,
+    "LEFT JOIN movielens.user u": lambda rows, truth: len(rows) == 3 and all(
+        len(r[2]) == len(r[3]) == 64 for r in rows),
+    "WHERE key IN ('50', '172', '181')": _counts_are_the_training_ratings,
+    "vector_of('movielens', 'user', '405')": lambda rows, truth: len(rows) == 5 and _ascending(r[1] for r in rows),
+    "recommend('movielens', '1'": lambda rows, truth: len(rows) == 5 and _ascending(-r[1] for r in rows) and all(
+        0.5 <= r[1] <= 5.0 for r in rows),
+    "'no-such-user'": lambda rows, truth: [(r[0], r[1], r[2]) for r in rows] == [
+        ("1", True, 64), ("2", True, 64), ("no-such-user", False, None)],
+    "FROM embeddings GROUP BY ALL": _tables_have_every_key,
+    "most_similar('movielens_seq_gru', 'token', '50'": lambda rows, truth: len(rows) == 5 and "50" not in {
+        r[0] for r in rows},
+    "next_events('movielens_seq_gru', '1'": lambda rows, truth: len(rows) == 5 and not {
+        r[0] for r in rows} & truth["rated_by_1"] and _ascending(-r[2] for r in rows),
+    "nearest('movielens_seq_skipgram'": lambda rows, truth: len(rows) == 5 and all(r[3] >= 50 for r in rows),
+    "FROM movielens_seq_gru.user u": lambda rows, truth: len(rows) == 3 and "1" not in {r[0] for r in rows},
+    "movielens_item_nearest(": lambda rows, truth: len(rows) == 5 and "50" not in {r[0] for r in rows} and SEQUELS & {
+        r[0] for r in rows},
+    "FROM versions ORDER BY model": lambda rows, truth: [(r[0], r[1], r[6]) for r in rows] == [
+        ("movielens", 1, True), ("movielens_seq_gru", 1, True), ("movielens_seq_skipgram", 1, True)],
+    "$.sessions.users": lambda rows, truth: rows[0][:2] == ("movielens_seq_gru", truth["users"]) and rows[0][2] > truth[
+        "users"] and rows[0][3] > 0,
+}
+
+
+def _answer_for(block: str):
+    found = [check for phrase, check in SQL_ANSWERS.items() if phrase in block]
+    assert len(found) == 1, f"give this SQL block one expected answer in SQL_ANSWERS:\n{block}"
+    return found[0]
+
+
 #: The README's own tables, as its SQL names them.
 USER_TABLES = {"movies": SHARED / "datasets" / "movielens-100k" / "movies.csv", "ratings": RATINGS}
 
@@ -142,14 +212,12 @@ def test_readme_sql_runs_in_the_plain_duckdb_cli(workdir, index):
     )
     assert result.returncode == 0, result.stderr
     assert "Error" not in result.stderr, result.stderr
-    assert result.stdout.strip(), f"no rows from:\n{block}"
+    assert len(list(csv.reader(io.StringIO(result.stdout)))) - 1 == len(_client_rows(workdir, block))
 
 
-@pytest.mark.parametrize("index", range(len(_readme_sql_blocks())))
-def test_readme_sql_runs_through_the_python_client(workdir, index):
+def _client_rows(workdir: Path, block: str) -> list[tuple]:
     import latentstore
 
-    block = _readme_sql_blocks()[index]
     previous = os.getcwd()
     os.chdir(workdir)  # the README's relative paths
     try:
@@ -158,4 +226,11 @@ def test_readme_sql_runs_through_the_python_client(workdir, index):
         con.close()
     finally:
         os.chdir(previous)
-    assert rows
+    return rows
+
+
+@pytest.mark.parametrize("index", range(len(_readme_sql_blocks())))
+def test_readme_sql_gives_the_known_answers_through_the_python_client(workdir, index):
+    block = _readme_sql_blocks()[index]
+    rows = _client_rows(workdir, block)
+    assert _answer_for(block)(rows, _truth()), rows

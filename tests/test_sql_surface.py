@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import latentstore
 from schemas.errors import StoreError
+from schemas.snapshot import interactions_dir, vocab_dir
+from schemas.store import StoreLayout
+from tests.helpers import publish_vectors
 
 
 
@@ -68,16 +72,24 @@ def test_nearest_to_a_vector(con):
     assert got[0][0] == key and got[0][1] == pytest.approx(0, abs=1e-5) and len(got) == 3
 
 
-def test_recommend_scores_match_the_model(con):
-    user = con.execute("SELECT key FROM shop.user ORDER BY count DESC, key LIMIT 1").fetchone()[0]
-    got = con.execute("SELECT key, predicted_rating FROM recommend('shop', ?, k := 5)", [user]).fetchall()
-    assert len(got) == 5 and [s for _, s in got] == sorted((s for _, s in got), reverse=True)
-    u_vec, u_bias = con.execute("SELECT vector, bias FROM shop.user WHERE key = ?", [user]).fetchone()
-    i_vec, i_bias = con.execute("SELECT vector, bias FROM shop.item WHERE key = ?", [got[0][0]]).fetchone()
-    low, high = con.execute("SELECT y_low, y_high FROM models WHERE model = 'shop'").fetchone()
-    score = low + (high - low) / (1 + math.exp(-(np.dot(u_vec, i_vec) + u_bias + i_bias)))
-    assert got[0][1] == pytest.approx(score, rel=1e-5)
-    assert low <= got[-1][1] <= got[0][1] <= high
+def test_recommend_reproduces_the_models_own_validation_rmse(con, published_store):
+    """recommend()'s predicted ratings on the held-out ratings score exactly the RMSE the training measured
+    with the model's forward pass: the macro is the model, not an approximation of it."""
+    store, cfg, summary = published_store
+    snapshot = StoreLayout(store).snapshot_dir(cfg.index.dataset, summary["index"]["snapshot_id"])
+    keys = {entity: pq.read_table(snapshot / vocab_dir(entity)).to_pandas().set_index("index")["key"]
+            for entity in ("user", "item")}
+    valid = pq.read_table(snapshot / interactions_dir("valid")).to_pandas()
+    items = con.execute("SELECT count(*) FROM shop.item").fetchone()[0]
+    errors = []
+    for user, rows in valid.groupby("user"):
+        predicted = dict(con.execute("SELECT key, predicted_rating FROM recommend('shop', ?, k := ?)",
+                                     [keys["user"][user], items]).fetchall())
+        assert len(predicted) == items and list(predicted.values()) == sorted(predicted.values(), reverse=True)
+        errors += [predicted[keys["item"][item]] - rating for item, rating in zip(rows["item"], rows["rating"])]
+    rmse = float(np.sqrt(np.mean(np.square(errors))))
+    assert len(errors) == len(valid)
+    assert rmse == pytest.approx(summary["train"]["metrics"]["valid_rmse"], rel=1e-4)
 
 
 def test_hnsw_fast_path_is_used_where_promised(con, published_store):
@@ -133,13 +145,18 @@ def test_versions_view_and_errors(con, published_store):
             opened.similar("shop", "item", "missing")
 
 
-def test_reopen_sees_the_same_data(published_store):
-    store, _, _ = published_store
+def test_a_reopen_sees_what_was_published_in_between_and_an_open_connection_keeps_its_version(tmp_path):
+    store = tmp_path / "store"
+    publish_vectors(store, "m", {"item": {"a": [1.0, 0.0], "b": [0.0, 1.0]}})
     first = latentstore.connect(store)
-    before = first.execute("SELECT key, vector FROM shop.user ORDER BY key").fetchall()
+    query = "SELECT key, vector FROM m.item ORDER BY key"
+    before = first.execute(query).fetchall()
+    publish_vectors(store, "m", {"item": {"a": [0.5, 0.5], "c": [1.0, 1.0]}})
+    assert first.execute(query).fetchall() == before == [("a", (1.0, 0.0)), ("b", (0.0, 1.0))]
     first.close()
     second = latentstore.connect(store)
-    assert second.execute("SELECT key, vector FROM shop.user ORDER BY key").fetchall() == before
+    assert second.execute(query).fetchall() == [("a", (0.5, 0.5)), ("c", (1.0, 1.0))]
+    assert second.execute("SELECT version FROM models WHERE model = 'm'").fetchone()[0] == 2
     second.close()
 
 

@@ -230,6 +230,56 @@ def test_without_keep_versions_every_version_stays(tmp_path):
     assert publish_vectors(store, "m", TWO_D, publish={"keep_versions": 2}).retention["removed"] == [1, 2, 3]
 
 
+
+def _registry_views(store: Path) -> tuple[list, list]:
+    con = latentstore.connect(store)
+    try:
+        return (con.execute("SELECT * FROM registry_events ORDER BY event_time").fetchall(),
+                con.execute("SELECT * FROM versions ORDER BY model, version").fetchall())
+    finally:
+        con.close()
+
+
+def test_a_compacted_registry_reads_the_same_and_publishing_goes_on(tmp_path, monkeypatch):
+    """Old event files and the records of removed versions fold into segments: every reader (the registry in
+    Python, the views through the client and through current.sql) sees the same rows, each once, even when a
+    writer was killed between writing a segment and deleting the files it holds."""
+    from jobs.publish import registry
+    from jobs.publish.recovery import recover_store
+    from jobs.store.registry import version_records
+
+    store, layout = tmp_path / "store", StoreLayout(tmp_path / "store")
+    keep = {"keep_versions": 2}
+    for _ in range(6):
+        publish_vectors(store, "m", TWO_D, publish=keep)
+    before_events, before_records = events(layout), version_records(layout)
+    before_views = _registry_views(store)
+    assert len(before_events) == 6 + 4 and len(before_records) == 6  # 6 publishes, 4 removals
+
+    monkeypatch.setattr(registry, "COMPACT_EVENTS_AT", 3)
+    leftovers = {p: p.read_bytes() for p in layout.registry_events.glob("*.json")}
+    recover_store(layout)  # what a writer does first: compaction included
+    assert len(list(layout.registry_events.glob("*.json"))) == 1 and len(list(layout.event_segments.glob("*.jsonl"))) == 1
+    assert sorted(p.name for p in (layout.registry_versions / "m").glob("*.json")) == ["v000005.json", "v000006.json"]
+    assert events(layout) == before_events and version_records(layout) == before_records
+    assert _registry_views(store) == before_views
+
+    for path, content in leftovers.items():  # a writer killed after its segment, before the deletes
+        if not path.exists():
+            path.write_bytes(content)
+    assert events(layout) == before_events and _registry_views(store) == before_views
+    plain = subprocess.run([str(Path(sys.executable).parent / "duckdb"), "-init", "current.sql", "-csv", "-noheader",
+                            "-c", "SELECT count(*), count(DISTINCT event_time) FROM registry_events"],
+                           cwd=store, capture_output=True, text=True, timeout=60)
+    assert plain.stdout.strip() == "10,10", plain.stderr
+
+    with pytest.raises(StoreError, match="was removed by retention"):  # a compacted record is still a version
+        latentstore.open_store(store, versions={"m": 1})
+    seventh = publish_vectors(store, "m", TWO_D, publish=keep)
+    assert seventh.version == 7 and seventh.retention["removed"] == [5]
+    assert [e["event"] for e in events(layout)][-2:] == ["publish", "removed"]
+
+
 # -- the CLI --------------------------------------------------------------------------------------------
 
 def test_versions_lists_metrics_drift_gate_and_retention(tmp_path):

@@ -42,12 +42,14 @@ from jobs.publish.registry import append_event, ensure_format, relative, switch_
 from jobs.store.current_sql import macro_clashes
 from jobs.store.duck import install_vss
 from jobs.store.registry import (
+    POINTER_EVENTS,
     current_record_of_run,
     current_version,
+    events,
+    has_record,
     known_versions,
     pointer_history,
     pointers,
-    version_records,
 )
 from schemas.errors import ConfigError, GateRefused, StoreError
 from schemas.snapshot import Manifest
@@ -82,9 +84,10 @@ def run(
         if existing is not None:
             log.info("run %s is already %s %s (current)", result["run_id"], model, version_name(existing["version"]))
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
-        ever_current = {e["to_version"] for e in pointer_history(store, model)}  # not a killed run's abandoned one
-        published = [r for r in version_records(store, model)
-                     if r["run_id"] == result["run_id"] and r["version"] in ever_current]
+        history = events(store, model)  # read once, used through retention
+        moves = [e for e in history if e["event"] in POINTER_EVENTS]  # not a killed run's abandoned version
+        published = [read_json(store.version_record(model, v)) for v in
+                     sorted({e["to_version"] for e in moves if e["run_id"] == result["run_id"]})]
         if published and not force:
             # Published before and replaced since (a rollback or a newer run): republishing it automatically would
             # undo that decision every hour. `rollback --to` brings it back; --force republishes it.
@@ -104,15 +107,15 @@ def run(
         if not decision.passed:
             log.warning("quality gate overridden by --force: %s", decision.reason)
         install_vss(store.extensions)
-        version = max(known_versions(store, model), default=0) + 1
+        version = max(known_versions(store, model, history), default=0) + 1
         record = _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest, version,
                                   decision.record(forced=force), current_record)
         with signals.deferred(f"the publish of {model} {version_name(version)}"):
-            switch_pointer(store, model, version, "publish", result["run_id"],
-                           details={"forced": record["gate"]["forced"]})
+            switched = switch_pointer(store, model, version, "publish", result["run_id"],
+                                      details={"forced": record["gate"]["forced"]})
             refresh_current_sql(store)
         pause_point("publish:sql")
-        kept = retention.apply(store, model, cfg.keep_versions, cfg.retention_grace_seconds)
+        kept = retention.apply(store, model, cfg.keep_versions, cfg.retention_grace_seconds, [*history, switched])
     log.info("published %s %s (%s)", model, version_name(version), _entity_summary(record))
     return PublishResult(model, version, store.version_file(model, version), record, False, kept)
 
@@ -122,7 +125,7 @@ def rollback(store: StoreLayout, model: str, version: int,
     """Make an older (retained) ``version`` of ``model`` current again; recorded as a ``rollback`` event."""
     model = require_name(model, "model")
     with writer_lock(store.lock_file, lock_timeout_seconds):
-        if not store.version_record(model, version).is_file():
+        if not has_record(store, model, version):
             raise StoreError(f"{model} has no version {version} in {store.root}")
         if not store.version_file(model, version).is_file():
             raise StoreError(f"{model} {version_name(version)} was removed by retention; "

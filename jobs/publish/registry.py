@@ -8,13 +8,14 @@ jobs.store.registry, which the read client shares.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from jobs.common.faults import pause_point
-from jobs.common.files import atomic_write_json, atomic_write_text
-from jobs.store.registry import EVENT_TIME, check_format, current_version
+from jobs.common.files import atomic_write_json, atomic_write_text, read_json
+from jobs.store.registry import EVENT_TIME, SEGMENTS, check_format, current_version, newest_event_id
 from schemas.errors import StoreError
 from schemas.store import FORMAT_LINE, StoreLayout, version_name
 
@@ -37,12 +38,49 @@ def write_version_record(store: StoreLayout, record: dict) -> None:
 def _next_event_time(store: StoreLayout) -> datetime:
     """Now, or just after the newest event if the clock went back: event times strictly increase."""
     now = datetime.now(UTC)
-    names = [p.name for p in store.registry_events.glob("*.json")] if store.registry_events.is_dir() else []
-    if names:
-        last = datetime.strptime(max(names)[:22], EVENT_TIME).replace(tzinfo=UTC)
+    newest = newest_event_id(store)
+    if newest:
+        last = datetime.strptime(newest[:22], EVENT_TIME).replace(tzinfo=UTC)
         if now <= last:
             now = last + timedelta(microseconds=1)
     return now
+
+
+#: Event (or a model's record) files a store accumulates before a writer compacts them into a segment.
+COMPACT_EVENTS_AT = 500
+
+
+def compact_records(store: StoreLayout, model: str, settled: set[int], at_least: int | None = None) -> int:
+    """Move the records of ``settled`` versions (removed or abandoned: no file, never read by path again) into
+    one segment once ``model`` has ``at_least`` record files; returns how many (call under the writer lock)."""
+    directory = store.registry_versions / model
+    files = sorted(directory.glob("v*.json")) if directory.is_dir() else []
+    done = [path for path in files
+            if int(path.stem[1:]) in settled and not store.version_file(model, int(path.stem[1:])).exists()]
+    if len(files) < (at_least or COMPACT_EVENTS_AT) or not done:
+        return 0
+    lines = [json.dumps(read_json(path), sort_keys=True) for path in done]
+    atomic_write_text(directory / SEGMENTS / f"{done[-1].stem}.jsonl", "\n".join(lines) + "\n", read_only=True)
+    pause_point("compact:records")
+    for path in done:
+        path.unlink()
+    return len(done)
+
+
+def compact_events(store: StoreLayout, at_least: int | None = None) -> int:
+    """Move the event files but the newest into one segment once there are ``at_least``; returns how many
+    (call under the writer lock). The segment is complete before any file goes, and readers keep the first
+    copy of an id: a kill at any point leaves every event readable exactly once."""
+    files = sorted(store.registry_events.glob("*.json")) if store.registry_events.is_dir() else []
+    older = files[:-1]  # the newest stays a file: the loose glob current.sql reads always matches something
+    if len(files) < (at_least or COMPACT_EVENTS_AT) or not older:
+        return 0
+    lines = [json.dumps({**read_json(path), "id": path.stem}, sort_keys=True) for path in older]
+    atomic_write_text(store.event_segments / f"{older[-1].stem}.jsonl", "\n".join(lines) + "\n", read_only=True)
+    pause_point("compact:segment")
+    for path in older:
+        path.unlink()
+    return len(older)
 
 
 def append_event(store: StoreLayout, model: str, event: str, *, from_version: int | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from jobs.common.faults import pause_point
 from jobs.publish.registry import append_event
-from jobs.store.registry import current_version, known_versions, non_current_since, pointer_history
+from jobs.store.registry import POINTER_EVENTS, current_version, events, non_current_since, version_files
 from schemas.store import StoreLayout, version_name
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,21 @@ def exclusive_if_unused(path: Path):
         os.close(fd)  # releases the lock
 
 
-def apply(store: StoreLayout, model: str, keep: int | None, grace_seconds: float) -> dict[str, list[int]]:
-    """Remove what retention allows now; returns the versions removed, kept open, and within the grace period."""
+def apply(store: StoreLayout, model: str, keep: int | None, grace_seconds: float,
+          history: list[dict] | None = None) -> dict[str, list[int]]:
+    """Remove what retention allows now; returns the versions removed, kept open, and within the grace period.
+    ``history``: the model's events, when the caller has them (read once: not once per version)."""
     outcome: dict[str, list[int]] = {"removed": [], "open": [], "grace": []}
     if keep is None:
         return outcome
     current = current_version(store, model)
-    ever_current = {e["to_version"] for e in pointer_history(store, model)}
-    files = [v for v in known_versions(store, model) if v in ever_current and store.version_file(model, v).is_file()]
+    moves = [e for e in (events(store, model) if history is None else history) if e["event"] in POINTER_EVENTS]
+    ever_current = {e["to_version"] for e in moves}
+    files = [v for v in version_files(store, model) if v in ever_current]  # the folder: not every version ever
     protected = set(sorted(files)[-keep:]) | {current}  # never-current orphans are recovery's, not counted
     now = datetime.now(UTC)
     for version in sorted(set(files) - protected):
-        since = non_current_since(store, model, version)
+        since = non_current_since(moves, version)
         if since is None:
             continue
         if (now - since).total_seconds() < grace_seconds:

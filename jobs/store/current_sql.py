@@ -39,6 +39,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from jobs.store.duck import quote_literal
+from jobs.store.registry import SEGMENTS
 from schemas.errors import StoreError
 from schemas.store import StoreLayout, check_name
 
@@ -106,6 +107,33 @@ def _struct(columns: dict[str, str]) -> str:
     return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
 
 
+def _events_source(store: StoreLayout, path) -> str:
+    """The event files, plus the compacted segments once there are any (an id in both: the segment's copy)."""
+    loose = (f"SELECT *, parse_filename(filename, true) AS id FROM read_json("
+             f"{path(str((store.registry_events / '*.json').relative_to(store.root)))}, format = 'unstructured', "
+             f"columns = {_struct(_EVENT_COLUMNS)}, filename = true)")
+    if not any(store.event_segments.glob("*.jsonl")):
+        return loose
+    segments = (f"SELECT * FROM read_json({path(str((store.event_segments / '*.jsonl').relative_to(store.root)))}, "
+                f"format = 'newline_delimited', columns = {_struct({**_EVENT_COLUMNS, 'id': 'VARCHAR'})})")
+    return (f"WITH segments AS ({segments})\n"
+            f"    SELECT * EXCLUDE (filename) FROM ({loose}) WHERE id NOT IN (SELECT id FROM segments)\n"
+            f"    UNION ALL BY NAME SELECT * FROM segments")
+
+
+def _records_source(store: StoreLayout, path) -> str:
+    """The version record files, plus the compacted ones once a model has any (never the same version twice:
+    only records of versions without a file are compacted, and the files go once the segment is written)."""
+    files_glob = path(str((store.registry_versions / "*" / "*.json").relative_to(store.root)))
+    files = f"SELECT * FROM read_json({files_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)})"
+    if not any(store.registry_versions.glob(f"*/{SEGMENTS}/*.jsonl")):
+        return files
+    segments = path(str((store.registry_versions / "*" / SEGMENTS / "*.jsonl").relative_to(store.root)))
+    return (f"SELECT DISTINCT ON (model, version) * FROM ({files}\n"
+            f"    UNION ALL SELECT * FROM read_json({segments}, format = 'newline_delimited', "
+            f"columns = {_struct(_VERSION_COLUMNS)}))")
+
+
 def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int] | None = None,
            client: bool = False) -> str:
     """``current`` maps each model to the registry record of the version to attach (its current one, or
@@ -159,20 +187,18 @@ def render(store: StoreLayout, current: dict[str, dict], pointers: dict[str, int
     lines.append("CREATE OR REPLACE TEMP VIEW models AS\n  " + "\n  UNION ALL ".join(models) + ";")
     pointers = pointers if pointers is not None else {m: int(r["version"]) for m, r in current.items()}
     pointer_rows = ", ".join(f"({literal(m)}, {int(v)})" for m, v in sorted(pointers.items())) or "(NULL, NULL)"
-    versions_glob = path(str((store.registry_versions / "*" / "*.json").relative_to(store.root)))
-    events_glob = path(str((store.registry_events / "*.json").relative_to(store.root)))
     files_glob = path(str((store.models / "*" / "*.duckdb").relative_to(store.root)))
     root = quote_literal(str(store.root) + "/" if client else "")  # glob() returns paths as the pattern has them
     registry = "TABLE" if client else "VIEW"  # a table is read now, a view at each query
     lines += [
         f"CREATE OR REPLACE TEMP {registry} registry_events AS\n"
         '  SELECT "at" AS event_time, model, event, from_version, to_version, version, run_id, details\n'
-        f"  FROM read_json({events_glob}, format = 'unstructured', columns = {_struct(_EVENT_COLUMNS)});",
+        f"  FROM ({_events_source(store, path)}) ORDER BY id;",
         f"CREATE OR REPLACE TEMP {registry} versions AS\n"
         f"  SELECT r.*, (r.version = c.current_version) IS TRUE AS is_current, f.file IS NOT NULL AS retained,\n"
         "         CASE WHEN r.version = c.current_version THEN 'current' WHEN a.version IS NOT NULL THEN 'abandoned'\n"
         "              WHEN f.file IS NULL THEN 'removed' ELSE 'retained' END AS status\n"
-        f"  FROM read_json({versions_glob}, format = 'unstructured', columns = {_struct(_VERSION_COLUMNS)}) r\n"
+        f"  FROM ({_records_source(store, path)}) r\n"
         f"  LEFT JOIN (VALUES {pointer_rows}) c(model, current_version) ON r.model = c.model\n"
         f"  LEFT JOIN glob({files_glob}) f ON f.file = {root} || r.file\n"
         "  LEFT JOIN (SELECT DISTINCT model, version FROM registry_events WHERE event = 'abandoned') a\n"

@@ -13,12 +13,21 @@ Records are one file each, written atomically and never rewritten, so readers
 
 A model's pointer history is its pointer events in time order: the version
 current at a time is the ``to_version`` of the last one at or before it.
+
+Each event is first a file of its own in ``registry/events/`` (its name, time first, is its id). A writer
+compacts them (jobs.publish.registry.compact_events): once enough accumulate, all but the newest go into one
+JSON lines segment in ``registry/events/segments/``, each line the event plus its ``id``, written before the
+files are deleted. Readers take the segments, then the files, and keep the first copy of an id, so a store
+with years of hourly events is read from a few dozen files, and a compaction between a reader's listing and
+its reads only makes it read again.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 from jobs.common.files import read_json
 from schemas.errors import StoreError
@@ -40,9 +49,11 @@ def check_format(store: StoreLayout) -> bool:
     return True
 
 
-def known_versions(store: StoreLayout, model: str) -> list[int]:
-    """Every version number ever used: by a file, a record or an event (abandoned ones included)."""
-    numbers = {e["version"] for e in events(store, model) if e.get("version") is not None}
+def known_versions(store: StoreLayout, model: str, history: list[dict] | None = None) -> list[int]:
+    """Every version number ever used: by a file, a record or an event (abandoned ones included);
+    ``history``: the model's events when the caller has read them already."""
+    history = events(store, model) if history is None else history
+    numbers = {e["version"] for e in history if e.get("version") is not None}
     for directory in (store.model_dir(model), store.registry_versions / model):
         if directory.is_dir():
             for path in directory.iterdir():
@@ -52,10 +63,59 @@ def known_versions(store: StoreLayout, model: str) -> list[int]:
     return sorted(numbers)
 
 
+def version_files(store: StoreLayout, model: str) -> list[int]:
+    """The versions of ``model`` whose DuckDB file is in the store (retention keeps a few)."""
+    directory = store.model_dir(model)
+    names = (_VERSION_FILE.match(p.name) for p in directory.glob("v*.duckdb")) if directory.is_dir() else ()
+    return sorted(int(match.group(1)) for match in names if match)
+
+
 def version_records(store: StoreLayout, model: str | None = None) -> list[dict]:
-    root = store.registry_versions
-    pattern = f"{model}/v*.json" if model else "*/v*.json"
-    return sorted((read_json(p) for p in root.glob(pattern)), key=lambda r: (r["model"], r["version"]))
+    """Every version record (of ``model``), files and compacted ones, by model and version."""
+    found = {}
+    for name in [model] if model else published_models(store):
+        directory = store.registry_versions / name
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                records = {r["version"]: r for r in segment_lines(directory / SEGMENTS)}
+                for path in directory.glob("v*.json"):
+                    records.setdefault(int(_VERSION_FILE.match(path.name).group(1)), read_json(path))
+                break
+            except FileNotFoundError:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        found.update({(name, version): record for version, record in records.items()})
+    return [found[key] for key in sorted(found)]
+
+
+def has_record(store: StoreLayout, model: str, version: int) -> bool:
+    """Whether ``version`` of ``model`` has a record, as a file or compacted (read only for a version
+    without a file: records of retained versions are never compacted)."""
+    if store.version_record(model, version).is_file():
+        return True
+    return any(r["version"] == version for r in segment_lines(store.registry_versions / model / SEGMENTS))
+
+
+#: Where compacted records live, beside the files they replace.
+SEGMENTS = "segments"
+
+#: Segments are immutable: parsed once per process (path, size and mtime identify one).
+_parsed: dict[tuple[str, int, int], list[dict]] = {}
+
+
+def segment_lines(directory: Path) -> list[dict]:
+    """The records of every JSON lines segment in ``directory``, segment by segment in name order."""
+    if not directory.is_dir():
+        return []
+    records = []
+    for segment in sorted(directory.glob("*.jsonl")):
+        stat = segment.stat()
+        key = (str(segment), stat.st_size, stat.st_mtime_ns)
+        if key not in _parsed:
+            with segment.open(encoding="utf-8") as fh:
+                _parsed[key] = [json.loads(line) for line in fh]
+        records += _parsed[key]
+    return records
 
 
 def current_record_of_run(store: StoreLayout, model: str, run_id: str) -> dict | None:
@@ -63,7 +123,8 @@ def current_record_of_run(store: StoreLayout, model: str, run_id: str) -> dict |
     current = current_version(store, model)
     if current is None:
         return None
-    return next((r for r in version_records(store, model) if r["run_id"] == run_id and r["version"] == current), None)
+    record = read_json(store.version_record(model, current))
+    return record if record["run_id"] == run_id else None
 
 
 def current_version(store: StoreLayout, model: str) -> int | None:
@@ -121,10 +182,46 @@ POINTER_EVENTS = ("publish", "rollback", "recovered", "repaired")
 
 def events(store: StoreLayout, model: str | None = None) -> list[dict]:
     """Event records in time order (all models when ``model`` is None)."""
+    return [record for _, record in _events_by_id(store) if model is None or record["model"] == model]
+
+
+def events_by_model(store: StoreLayout) -> dict[str, list[dict]]:
+    """Every model's events in time order, from one read of the registry."""
+    grouped: dict[str, list[dict]] = {}
+    for _, record in _events_by_id(store):
+        grouped.setdefault(record["model"], []).append(record)
+    return grouped
+
+
+#: A reader re-lists this many times when a compaction deletes the files it listed.
+_READ_ATTEMPTS = 5
+
+
+def _events_by_id(store: StoreLayout) -> list[tuple[str, dict]]:
+    """(id, record) of every event, in time order (ids start with the event's time)."""
     if not store.registry_events.is_dir():
         return []
-    records = [read_json(p) for p in sorted(store.registry_events.glob("*.json"))]  # names sort by time
-    return [r for r in records if model is None or r["model"] == model]
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            found = {}
+            for line in segment_lines(store.event_segments):
+                record = dict(line)
+                found[record.pop("id")] = record
+            for path in sorted(store.registry_events.glob("*.json")):
+                if path.stem not in found:
+                    found[path.stem] = read_json(path)
+            return sorted(found.items())
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def newest_event_id(store: StoreLayout) -> str | None:
+    """The id of the newest event (file or segment), from names only."""
+    names = [p.stem for p in store.registry_events.glob("*.json")] if store.registry_events.is_dir() else []
+    names += [p.stem for p in store.event_segments.glob("*.jsonl")] if store.event_segments.is_dir() else []
+    return max(names, default=None)  # a segment is named by its newest event's id
 
 
 def pointer_history(store: StoreLayout, model: str) -> list[dict]:
@@ -141,10 +238,11 @@ def version_at(store: StoreLayout, model: str, at: datetime) -> int | None:
     return current
 
 
-def non_current_since(store: StoreLayout, model: str, version: int) -> datetime | None:
-    """When ``version`` last stopped being current (None: it is current, or it never was)."""
+def non_current_since(history: list[dict], version: int) -> datetime | None:
+    """When ``version`` last stopped being current (None: it is current, or it never was), from a model's
+    pointer ``history``."""
     since, was_current = None, False
-    for event in pointer_history(store, model):
+    for event in history:
         if event["to_version"] == version:
             since, was_current = None, True
         elif was_current and since is None and event["from_version"] == version:
