@@ -79,7 +79,7 @@ LAYERS = {
     "stages": {"jobs", "synthetic", "store access", "synthetic settings", "common", "schemas"},
     "jobs": {"store access", "synthetic settings", "common", "schemas"},
     "read client": {"store access", "common", "schemas"},
-    "synthetic": {"synthetic settings", "common", "schemas"},
+    "synthetic": {"store access", "synthetic settings", "common", "schemas"},  # planted measures: exact top-k
     "store access": {"common", "schemas"},
     "synthetic settings": {"common", "schemas"},
     "common": {"schemas"},

@@ -77,6 +77,22 @@ class _Running:
         return np.take_along_axis(self.scores, order, 1), np.take_along_axis(self.rows, order, 1)
 
 
+def _offer_all(running: _Running, queries: np.ndarray, corpus: np.ndarray, offset: int) -> None:
+    """Offer every (query block, corpus tile) product of unit ``queries`` and unit ``corpus`` rows."""
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        block = slice(start, start + QUERY_BLOCK)
+        for tile in range(0, corpus.shape[0], TILE):
+            running.offer(block, queries[block] @ corpus[tile:tile + TILE].T, offset + tile)
+
+
+def top_k_rows(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[queries, k] cosine similarities and corpus row numbers of each query's ``k`` nearest rows, best first
+    (equal scores: the lower row); rows past the corpus's size are -1 with score -inf."""
+    running = _Running(queries.shape[0], k)
+    _offer_all(running, unit(queries), unit(corpus), 0)
+    return running.sorted()
+
+
 def top_k(queries: np.ndarray, batches: Iterable[tuple[pa.Array, np.ndarray]], k: int) -> Neighbours:
     """The ``k`` nearest corpus keys (cosine) of each query row; ``batches`` yields (keys, vectors) in order."""
     queries = unit(queries)
@@ -84,10 +100,7 @@ def top_k(queries: np.ndarray, batches: Iterable[tuple[pa.Array, np.ndarray]], k
     keys, offset = [], 0
     for batch_keys, vectors in batches:
         corpus = unit(vectors)
-        for start in range(0, queries.shape[0], QUERY_BLOCK):
-            block = slice(start, start + QUERY_BLOCK)
-            for tile in range(0, corpus.shape[0], TILE):
-                running.offer(block, queries[block] @ corpus[tile:tile + TILE].T, offset + tile)
+        _offer_all(running, queries, corpus, offset)
         keys.append(batch_keys)
         offset += corpus.shape[0]
     scores, rows = running.sorted()

@@ -15,22 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.store.knn import top_k_rows
+
 _BLOCK = 2048
 
 
 def _nearest(vectors: np.ndarray, k: int, metric: str) -> np.ndarray:
-    """[n, k] indices of each row's nearest other rows, in blocks (memory O(block * n))."""
-    x = np.asarray(vectors, dtype=np.float64)
+    """[n, k] indices of each row's nearest other rows: cosine through the store's exact top-k, euclidean
+    (the popularity baseline's counts have no direction) in blocks here (memory O(block * n))."""
     if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        _, rows = top_k_rows(vectors, vectors, k + 1)
+        rows[rows == np.arange(rows.shape[0])[:, None]] = -1  # not its own neighbour (nor a tie's stand-in)
+        return np.stack([row[row >= 0][:k] for row in rows]) if rows.size else rows[:, :k]
+    x = np.asarray(vectors, dtype=np.float64)
     squared = (x * x).sum(1)
     out = np.empty((x.shape[0], k), np.int64)
     for start in range(0, x.shape[0], _BLOCK):
         block = x[start:start + _BLOCK]
-        if metric == "cosine":
-            distance = -(block @ x.T)
-        else:
-            distance = squared[start:start + _BLOCK, None] + squared[None, :] - 2 * block @ x.T
+        distance = squared[start:start + _BLOCK, None] + squared[None, :] - 2 * block @ x.T
         rows = np.arange(block.shape[0])
         distance[rows, start + rows] = np.inf  # not its own neighbour
         part = np.argpartition(distance, k, axis=1)[:, :k]
