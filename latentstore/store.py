@@ -44,7 +44,6 @@ class Table:
     entity: str
     name: str  # qualified: model.entity
     dim: int
-    rows: int
     hnsw: bool
     version: int
 
@@ -61,7 +60,7 @@ class Store:
         for model, version, entities in attached:
             for entity, info in json.loads(entities).items():
                 self._tables[(model, entity)] = Table(model, entity, f'{model}."{info["table"]}"', int(info["dim"]),
-                                                      int(info["rows"]), bool(info["hnsw"]), int(version))
+                                                      bool(info["hnsw"]), int(version))
 
     # -- plumbing ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -11,7 +11,7 @@ from jobs.index.sessions import ORDER, histories, session_stats, sessionize, tra
 from jobs.index.steps import (
     BROADCAST_MAX_KEYS,
     BuildContext,
-    Built,
+    Indexed,
     check_read_count,
     no_valid_rows,
     vocabulary,
@@ -27,7 +27,7 @@ from schemas.snapshot import HISTORIES_DIR, SESSIONS_DIR, Counts, SessionStats
 ENTITIES = ("user", "token")
 
 
-def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
+def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Indexed:
     events, columns = cfg.events, cfg.input.columns
     rules = EventRules(events, has_type=columns.type is not None, unit=cfg.input.timestamp_unit,
                        max_key_length=cfg.max_key_length)
@@ -83,4 +83,4 @@ def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
         holdout=events.holdout, history_length=events.history_length, order=ORDER,
     )
     split = {"kind": "last", "holdout": events.holdout}
-    return Built(counts, vocab_stats, split, {"sessions": sessions})
+    return Indexed(counts, vocab_stats, split, {"sessions": sessions})

@@ -128,7 +128,7 @@ def _build(cfg: IndexConfig, store: StoreLayout, probed: ProbedInput, files, inp
             from jobs.index.events import build
         else:
             from jobs.index.ratings import build
-        built = build(cfg, probed, ctx)
+        indexed = build(cfg, probed, ctx)
     finally:
         ctx.release()
     manifest = Manifest(
@@ -142,11 +142,11 @@ def _build(cfg: IndexConfig, store: StoreLayout, probed: ProbedInput, files, inp
         input_files=files,
         input_fingerprint=input_fp,
         data_config=cfg.data_config(),
-        counts=built.counts,
-        vocab=built.vocab,
-        rating_range=built.extra.get("rating_range"),
-        split=built.split,
-        sessions=built.extra.get("sessions"),
+        counts=indexed.counts,
+        vocab=indexed.vocab,
+        rating_range=indexed.extra.get("rating_range"),
+        split=indexed.split,
+        sessions=indexed.extra.get("sessions"),
         code_version=code_version(),
         spark={"version": spark.version, "master": spark.sparkContext.master, "step_seconds": ctx.timings},
     )

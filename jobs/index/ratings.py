@@ -14,7 +14,7 @@ from jobs.index.split import split_column
 from jobs.index.steps import (
     BROADCAST_MAX_KEYS,
     BuildContext,
-    Built,
+    Indexed,
     check_read_count,
     no_valid_rows,
     vocabulary,
@@ -26,7 +26,7 @@ from schemas.ratings import ID_COLUMNS, INTERACTION_COLUMNS, Outcome
 from schemas.snapshot import SPLITS, Counts, interactions_dir
 
 
-def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
+def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Indexed:
     has_ts = cfg.input.columns.timestamp is not None
     raw = read_raw(ctx.spark, probed, ratings_columns(cfg.input.columns))
     checked = validate(raw, cfg.rating_range, has_ts, cfg.input.timestamp_unit, cfg.max_key_length)
@@ -81,7 +81,7 @@ def build(cfg: IndexConfig, probed: ProbedInput, ctx: BuildContext) -> Built:
         train=split_rows["train"],
         valid=split_rows["valid"],
     )
-    return Built(counts, vocab_stats, split_record, {"rating_range": cfg.rating_range})
+    return Indexed(counts, vocab_stats, split_record, {"rating_range": cfg.rating_range})
 
 
 def _ensure_splits(out: Path) -> dict[str, int]:

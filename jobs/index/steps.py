@@ -74,7 +74,7 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
-class Built:
+class Indexed:
     """What a kind's build adds to the manifest."""
 
     counts: Counts

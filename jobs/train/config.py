@@ -174,7 +174,7 @@ class GRUConfig(SequenceModelConfig):
     """Stop when validation HR@10 has not improved for this many epochs; the best epoch's weights are kept."""
 
 
-def _family(value: object) -> str:
+def _model_name(value: object) -> str:
     if isinstance(value, dict):
         return str(value.get("model", "mf"))
     return str(getattr(value, "model", "mf"))
@@ -182,7 +182,7 @@ def _family(value: object) -> str:
 
 TrainConfig = Annotated[
     Annotated[MFConfig, Tag("mf")] | Annotated[SkipgramConfig, Tag("skipgram")] | Annotated[GRUConfig, Tag("gru")],
-    Discriminator(_family, custom_error_type="model", custom_error_message="train.model must be mf, skipgram or gru"),
+    Discriminator(_model_name, custom_error_type="model", custom_error_message="train.model must be mf, skipgram or gru"),
 ]
 #: Families that read ratings snapshots, and those that read event (session) snapshots.
 RATINGS_MODELS = frozenset({"mf"})

@@ -30,7 +30,7 @@ from torch import nn
 
 from jobs.train import distributed, ranking
 from jobs.train.config import GRUConfig
-from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
+from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
 from jobs.train.precision import Precision
 from jobs.train.progress import Progress
 from jobs.train.rows import to_device
@@ -155,19 +155,19 @@ class GRULearner:
             for rows in _batches(block, cfg.batch_size, rng):
                 lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
                 self.sequences_done += len(rows)
-                whole = block.take(rows)
-                progress.advance(int(whole.lengths.sum()))
-                wanted = _targets(whole)
+                batch = block.take(rows)  # every rank forms the same batch
+                progress.advance(int(batch.lengths.sum()))
+                wanted = _targets(batch)
                 if not wanted:
                     continue  # nothing to predict (only unknown tokens): no step, on any rank
-                mine, real = distributed.shard(len(rows))  # all of it in one process
-                part = whole if mine.size == len(rows) else whole.take(mine)
+                my_rows, has_rows = distributed.shard(len(rows))  # all of it in one process
+                part = batch if my_rows.size == len(rows) else batch.take(my_rows)
                 tokens, lengths = part.padded()
                 tokens = to_device(tokens, self.device)
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
                 valid = (torch.arange(targets.shape[1], device=self.device)[None, :] < (to_device(lengths, self.device) - 1)[:, None])
                 valid &= targets != UNKNOWN_INDEX
-                count = _targets(part) if real else 0  # counted on the host: no wait on the device
+                count = _targets(part) if has_rows else 0  # counted on the host: no wait on the device
                 if not count:  # this rank has nothing to predict but must take part in the step: a stand-in, weight 0
                     valid = torch.zeros_like(valid)
                     valid[0, 0] = True
@@ -234,7 +234,7 @@ class GRULearner:
         self.sequences_done = state["sequences_done"]
 
 
-def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:
+def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
     sessions = Sessions(snapshot_dir / SESSIONS_DIR, cfg.shuffle_buffer_sessions)
     histories = Histories(snapshot_dir / HISTORIES_DIR)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
@@ -242,7 +242,7 @@ def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.
     params = {"dim": cfg.dim, "hidden": cfg.hidden, "layers": cfg.layers, "sizes": sizes,
               "user_events": cfg.user_events, "loss": "sampled" if learner.sampled else "full",
               "spaces": {"token": "token", "user": "state", "next_token": "state"}}
-    return Built(learner, LoopConfig(cfg.epochs, patience=cfg.patience, restore_best=True), params,
+    return Trainable(learner, LoopConfig(cfg.epochs, patience=cfg.patience, restore_best=True), params,
                  f"{sizes['token']} tokens, {sessions.sessions} sessions / {sessions.tokens} events, "
                  f"{len(learner.cases)} validation cases, dim {cfg.dim}, hidden {cfg.hidden}, "
                  f"{'sampled' if learner.sampled else 'full'} softmax")

@@ -7,7 +7,7 @@
                              vocabulary its indices refer to and the space its vectors live in
 
 Each model family (``mf``, ``skipgram``, ``gru``) is a module with ``build(cfg,
-snapshot_dir, manifest, device) -> Built``: its learner, loop settings and params.
+snapshot_dir, manifest, device) -> Trainable``: its learner, loop settings and params.
 
 ``run_id`` hashes the snapshot id, the training config and the code version
 (and the number of processes when several train together under ``torchrun``:
@@ -58,7 +58,7 @@ def run_id_for(snapshot_id: str, cfg: TrainConfig, world_size: int = 1) -> str:
 
 def check_data_parallel(cfg: TrainConfig, world_size: int) -> None:
     """Refuse a model family that cannot train in several processes, before any process group forms."""
-    if world_size > 1 and not _family(cfg.model).DATA_PARALLEL:
+    if world_size > 1 and not _family_module(cfg.model).DATA_PARALLEL:
         raise ConfigError(f"train.model = {cfg.model!r} ({cfg.name}) cannot train data-parallel ({world_size} "
                           "processes): its updates bypass autograd, so DDP cannot average them; run it with one "
                           "process (python -m jobs.train, without torchrun)")
@@ -127,39 +127,39 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
 
     device = distributed.init(resolve_device(cfg.device))
     threads = configure_threads(cfg.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    built = _family(cfg.model).build(cfg, snapshot_dir, manifest, device)
+    trainable = _family_module(cfg.model).build(cfg, snapshot_dir, manifest, device)
     checkpoint = out / CHECKPOINT
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    loop = EpochLoop(built.learner, built.loop, checkpoint if distributed.is_main() else None,
-                     extra={"run_id": run_id, "config": cfg.model_dump(mode="json"), "params": built.params})
+    loop = EpochLoop(trainable.learner, trainable.loop, checkpoint if distributed.is_main() else None,
+                     extra={"run_id": run_id, "config": cfg.model_dump(mode="json"), "params": trainable.params})
     # rank 0 decides; every rank then reads the same file (they share the store: they read its snapshot too)
     if distributed.broadcast(checkpoint.is_file() and resume):
         payload = _load_checkpoint(checkpoint, device)
-        if payload.get("params") == built.params:
+        if payload.get("params") == trainable.params:
             loop.load_checkpoint(payload)
             log.info("resuming run %s after epoch %d", run_id, loop.state.epochs_done)
         else:  # e.g. a batch size chosen for another device: its schedule cannot continue here
             log.warning("run %s: the checkpoint was made with other settings (%s, now %s); starting over",
-                        run_id, payload.get("params"), built.params)
-    built.learner.train_module = distributed.wrap(built.learner.module, device)
+                        run_id, payload.get("params"), trainable.params)
+    trainable.learner.train_module = distributed.wrap(trainable.learner.module, device)
     log.info("training %s %s on %s (%d threads%s): %s", cfg.model, cfg.name, device, threads,
-             f", rank {distributed.rank()} of {world}" if world > 1 else "", built.description)
+             f", rank {distributed.rank()} of {world}" if world > 1 else "", trainable.description)
     fit = loop.fit(stop_after_epochs=stop_after_epochs)
     if not loop.finished:
         return TrainResult(run_id, out, {"partial": True, "epochs_done": fit.state.epochs_done}, False)
     if not distributed.is_main():
         return TrainResult(run_id, out, distributed.broadcast(None), False)  # once rank 0 has written the run
 
-    entities = _write_vectors(out / "vectors", built.learner.entities())
-    metric = built.learner.metric
+    entities = _write_vectors(out / "vectors", trainable.learner.entities())
+    metric = trainable.learner.metric
     result = {
         "run_id": run_id,
         "model": cfg.model,
         "snapshot_id": manifest.snapshot_id,
         "dataset": manifest.dataset,
         "config": cfg.model_dump(mode="json"),
-        "params": built.params,
+        "params": trainable.params,
         "entities": entities,
         "metrics": {
             **fit.metrics,
@@ -188,7 +188,7 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
     return TrainResult(run_id, out, result, False)
 
 
-def _family(model: str):
+def _family_module(model: str):
     """The module that builds a learner for a model family (imported lazily: it pulls in torch)."""
     import importlib
 

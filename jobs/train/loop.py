@@ -99,7 +99,7 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
-class Built:
+class Trainable:
     """What a model family's ``build(cfg, snapshot_dir, manifest, device)`` returns to the train job."""
 
     learner: Learner

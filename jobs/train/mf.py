@@ -24,7 +24,7 @@ from jobs.train import distributed
 from jobs.train.config import MFConfig
 from jobs.train.data import Batch, Interactions
 from jobs.train.implicit import Bags, ImplicitFeedback
-from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
+from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
 from jobs.train.precision import Precision
 from jobs.train.prefetch import prefetched
 from jobs.train.progress import Progress
@@ -140,9 +140,9 @@ class MFLearner:
         self.sizes = (model.user.weight.shape[0], model.item.weight.shape[0])
         # without a budget (exact bags always) a step still cuts its own bags: a whole matrix per step
         # would cost the data, not the batch
-        whole = (implicit is not None and implicit.max_items is None and cfg.implicit_budget is not None
-                 and implicit.nnz <= cfg.implicit_budget * cfg.batch_size)
-        self.every_bag = implicit.bags(np.arange(self.sizes[0])).to(device) if whole else None
+        matrix_fits = (implicit is not None and implicit.max_items is None and cfg.implicit_budget is not None
+                       and implicit.nnz <= cfg.implicit_budget * cfg.batch_size)
+        self.every_bag = implicit.bags(np.arange(self.sizes[0])).to(device) if matrix_fits else None
         groups = [
             {"params": model.vector_tables(), "weight_decay": cfg.weight_decay},
             {"params": model.implicit_tables(), "weight_decay": cfg.implicit_weight_decay},
@@ -156,29 +156,29 @@ class MFLearner:
         # no loss scaling: the row-wise optimiser reads the slabs' gradients itself, and bf16 needs none
         self.precision = Precision(device, cfg.precision, loss_scaling=False)
 
-    def batch(self, whole: Batch, rng: np.random.Generator) -> MFBatch:
+    def batch(self, rated: Batch, rng: np.random.Generator) -> MFBatch:
         """Rows and implicit bags of a batch, found on the host (the same on every rank).
 
         When the whole user x item matrix is within a step's budget (MovieLens 100K: 90k entries against
         131k at batch 2048), every user's bag is made once and reused: one product per step, no host work."""
-        users = Rows.of(whole.users.numpy(), self.sizes[0])
-        items = Rows.of(whole.items.numpy(), self.sizes[1])
+        users = Rows.of(rated.users.numpy(), self.sizes[0])
+        items = Rows.of(rated.items.numpy(), self.sizes[1])
         if self.implicit is None:
-            return MFBatch(users, items, None, whole.ratings)
+            return MFBatch(users, items, None, rated.ratings)
         if self.every_bag is not None:
-            return MFBatch(users, items, self.every_bag, whole.ratings, users.rows)
-        return MFBatch(users, items, self.implicit.bags(users.rows.numpy(), rng), whole.ratings)
+            return MFBatch(users, items, self.every_bag, rated.ratings, users.rows)
+        return MFBatch(users, items, self.implicit.bags(users.rows.numpy(), rng), rated.ratings)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no per-step sync
         count = 0
         rng = np.random.default_rng([self.cfg.seed, epoch, 0x1B])  # implicit-term samples
         progress = Progress(f"epoch {epoch}/{self.cfg.epochs}", self.train_data.rows, "ratings")
-        wholes = self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch)
-        for size, batch in prefetched(wholes, lambda whole: (len(whole), self.batch(whole, rng))):
-            rows, real = distributed.shard(size)  # all of it in one process
+        ratings = self.train_data.batches(self.cfg.batch_size, self.cfg.seed, epoch)  # the same on every rank
+        for size, batch in prefetched(ratings, lambda rated: (len(rated), self.batch(rated, rng))):
+            rows, has_rows = distributed.shard(size)  # all of it in one process
             batch = (batch if rows.size == size else batch.at(rows)).to(self.device)
-            mine = len(batch) if real else 0
+            mine = len(batch) if has_rows else 0  # this rank's ratings in the loss
             with self.precision.autocast():
                 predicted = self.train_module(batch, self.optimizer.take)
             loss = nn.functional.mse_loss(predicted.float(), batch.ratings)
@@ -302,7 +302,7 @@ def scaled(cfg: MFConfig, train_rows: int, device: torch.device) -> MFConfig:
     return cfg.model_copy(update={"batch_size": batch, "lr": lr})
 
 
-def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:
+def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
     train = Interactions.from_dir(snapshot_dir / interactions_dir("train"), cfg.shuffle_buffer_rows)
     valid = Interactions.from_dir(snapshot_dir / interactions_dir("valid"), cfg.shuffle_buffer_rows)
     cfg = scaled(cfg, train.rows, device)
@@ -317,7 +317,7 @@ def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.d
                       average_from=cfg.average_from if averaging else None,
                       restore_best=not averaging)
     implicit = implicit_feedback(cfg, train, sizes)
-    return Built(
+    return Trainable(
         MFLearner(model, cfg, train, valid, device, implicit), loop,
         {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes, "batch_size": cfg.batch_size, "lr": cfg.lr,
          "implicit_max_items": implicit.max_items if implicit else None},

@@ -36,7 +36,7 @@ from torch import nn
 
 from jobs.train import ranking
 from jobs.train.config import SkipgramConfig
-from jobs.train.loop import Built, EntityVectors, LoopConfig, Metric
+from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
 from jobs.train.progress import Progress
 from jobs.train.rows import to_device
 from jobs.train.sequences import Histories, Ragged, Sessions, epoch_rng, torch_generator
@@ -240,13 +240,13 @@ def _known(sequences: Ragged) -> Ragged:
     return Ragged(sequences.values[keep], kept_before[sequences.offsets].astype(np.int64))
 
 
-def build(cfg: SkipgramConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Built:
+def build(cfg: SkipgramConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
     sessions = Sessions(snapshot_dir / SESSIONS_DIR, cfg.shuffle_buffer_sessions)
     histories = Histories(snapshot_dir / HISTORIES_DIR)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
     learner = SkipgramLearner(cfg, sessions, histories, sizes["token"], device)
     params = {"dim": cfg.dim, "sizes": sizes, "window": cfg.window, "negatives": cfg.negatives,
               "user_events": cfg.user_events, "spaces": {"token": "token", "user": "token"}}
-    return Built(learner, LoopConfig(cfg.epochs), params,
+    return Trainable(learner, LoopConfig(cfg.epochs), params,
                  f"{sizes['token']} tokens, {sessions.sessions} sessions / {sessions.tokens} events, "
                  f"{len(learner.cases)} validation cases, dim {cfg.dim}")
