@@ -155,6 +155,18 @@ def test_dependencies_point_one_way():
                          + "\n  ".join(against))
 
 
+def test_no_module_imports_by_name_at_run_time():
+    """importlib.import_module or __import__ would hide an import from the test above."""
+    hidden = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                if name in ("__import__", "importlib.import_module", "import_module"):
+                    hidden.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}(...)")
+    assert not hidden, "imports the direction test cannot see:\n  " + "\n  ".join(hidden)
+
+
 def test_every_layer_is_listed_once_and_points_down():
     assert set(MEMBERS.values()) == set(LAYERS)
     order = list(LAYERS)
