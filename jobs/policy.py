@@ -5,7 +5,7 @@ late to be worth running, when the hourly publish does not ask the quality gate
 again, how a failure names its stage, how the failures of several models become
 one, and what to do with a train deployment's flow run that did not finish.
 flows/pipeline.py only wires these to Prefect (tasks, states, the run logger),
-so each is tested here without a Prefect server (tests/test_stages.py).
+so each is tested here without a Prefect server (tests/flows/test_stages.py).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from tests.helpers import clicks_toml
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("ratings", "events")
 READY_TIMEOUT = 120  # seconds for the master and the worker to come up (two JVMs on a busy machine)
 JOB_TIMEOUT = 300

@@ -28,7 +28,7 @@ from schemas.store import StoreLayout
 from tests.helpers import index_snapshot
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 RATINGS = """

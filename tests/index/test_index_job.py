@@ -151,7 +151,7 @@ def test_runs_under_spark_submit(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     write_csv(tmp_path / "r.csv", ["userId", "movieId", "rating", "timestamp"], [["a", "x", 4, 1], ["b", "x", 2, 2]])
     config = tmp_path / "c.toml"
     config.write_text('name = "submitted"\n[index.input]\npath = "r.csv"\n'

@@ -23,7 +23,7 @@ from schemas.store import StoreLayout
 from tests.helpers import index_snapshot, publish_vectors, small_ratings_toml, wait_for_stderr
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Far more epochs than the test waits for: the signal always lands mid-training.
 LONG_TRAINING = "patience = 1000\nbatch_size = 64"
 

@@ -133,7 +133,7 @@ def test_a_process_killed_with_sigkill_resumes_to_the_same_vectors(tmp_path, sna
     directory, manifest = snapshot
     store = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(directory), str(store)],
-                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+                             cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     for line in child.stdout:
         if line.startswith("checkpoint 2"):
             child.send_signal(signal.SIGKILL)

@@ -17,7 +17,7 @@ from schemas.store import StoreLayout
 from tests.helpers import build_store, pipeline_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_GATE = {"gate": {"enabled": False}}  # different seeds of one model: the lock is under test, not quality
 
 READER = r"""

@@ -20,7 +20,7 @@ from jobs.common.files import atomic_write_text, staging_dir
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DUCKDB_CLI = Path(sys.executable).parent / "duckdb"
 
 

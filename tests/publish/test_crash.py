@@ -25,7 +25,7 @@ from schemas.store import StoreLayout
 from tests.helpers import publish_vectors
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TABLE = {"item": {f"k{i}": [float(i % 7), float(i % 5), 1.0 + i % 3] for i in range(40)}}
 NO_GATE = {"gate": {"enabled": False}, "keep_versions": 3, "retention_grace_seconds": 0}
 

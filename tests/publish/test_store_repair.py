@@ -16,7 +16,7 @@ from jobs.store.registry import BrokenPointer, events
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "latentstore.cli"]
 TWO_D = {"item": {"a": [1, 0], "b": [0.9, 0.1], "c": [0, 1], "d": [0.1, 0.9]}}
 NO_GATE = {"gate": {"enabled": False}}

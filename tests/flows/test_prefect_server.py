@@ -28,7 +28,7 @@ from tests.helpers import small_ratings_toml
 
 pytestmark = [pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 

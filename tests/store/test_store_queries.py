@@ -16,7 +16,7 @@ from schemas.errors import StoreError
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args) -> subprocess.CompletedProcess:

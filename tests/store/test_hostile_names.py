@@ -19,7 +19,7 @@ from schemas.errors import InputError, StoreError
 from schemas.store import StoreLayout
 from tests.helpers import publish_vectors, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The issue's CSV header: it closed the quoted column name and wrote a file.
 INJECTION = "k\" AS VARCHAR) FROM feature_rows r; COPY (SELECT 43) TO 'pwned2.csv'; SELECT CAST(1 AS VARCHAR) --"
 HOSTILE = [INJECTION, 'ge"nres', "it's", "'; DROP TABLE item; --", "with space", "{braces}", "Ünï ☃", '"', ""]

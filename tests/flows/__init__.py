@@ -1,0 +1,1 @@
+"""Tests of orchestration: stages, Prefect flows and deployments, signals."""

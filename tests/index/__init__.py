@@ -1,0 +1,1 @@
+"""Tests of the index job: validation, quarantine, formats, vocabularies, Spark clusters."""

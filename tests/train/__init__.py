@@ -1,0 +1,1 @@
+"""Tests of training: model families, the loop, precision, data parallel."""
