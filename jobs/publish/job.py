@@ -191,6 +191,7 @@ def _publish_version(cfg, model, store, run_dir, result, snapshot_dir, manifest,
         "entities": entities,
         "validation_set": manifest.content_key,
         "gate": decision,
+        "fold_in": result.get("fold_in"),  # the parent run, mode and rows of a warm-started run
         "drift": drift,
         "snapshot_manifest": manifest.model_dump(mode="json"),
         "code_version": result["code_version"],

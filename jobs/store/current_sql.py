@@ -60,6 +60,7 @@ _VERSION_COLUMNS = {
     "entities": "JSON",
     "validation_set": "VARCHAR",
     "gate": "JSON",
+    "fold_in": "JSON",
     "drift": "JSON",
     "snapshot_manifest": "JSON",
     "code_version": "VARCHAR",

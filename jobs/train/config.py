@@ -38,6 +38,12 @@ class ModelConfig(StrictModel):
     """auto (first CUDA GPU if present, else CPU), cpu, cuda or cuda:N."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; default: all cores (at most 8)."""
+    warm_start: str | None = None
+    """Fold-in (jobs.train.fold_in): "current" (the run of the model's current version) or a run id to start
+    from; the snapshot must be a rebuild of that run's (same vocabulary lineage). None: train from scratch."""
+    fold_in: Literal["new", "all"] = "new"
+    """With ``warm_start``: "new" trains only the rows the rebuild appended (the parent's stay bitwise as they
+    were); "all" trains every row for ``epochs`` (set a few)."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Autocast dtype of training steps. auto: bf16 on CUDA (fp16 on GPUs without bf16), float32 on CPU;
     bf16 on CPU runs the CUDA code path (slower there: for checks, not speed)."""
@@ -53,6 +59,13 @@ class ModelConfig(StrictModel):
     @classmethod
     def _name(cls, value: str | None) -> str | None:
         return value if value is None else check_name(value, "train.name")
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, value: str | None) -> str | None:
+        if value is not None and value != "current" and not value.isalnum():
+            raise ValueError('warm_start must be "current" or a run id (letters and digits)')
+        return value
 
 
 class MFConfig(ModelConfig):

@@ -126,5 +126,15 @@ class Interactions:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(users), np.concatenate(items)
 
+    def touching(self, first_user: int, first_item: int) -> "Interactions":
+        """The ratings of a user from ``first_user`` on or of an item from ``first_item`` on (what a rebuild
+        appended), in memory: what a fold-in of new keys trains on."""
+        parts = []
+        for batch in self.in_order(_READ_ROWS):
+            keep = (batch.users >= first_user) | (batch.items >= first_item)
+            parts.append(Batch(batch.users[keep], batch.items[keep], batch.ratings[keep]))
+        data = _concat(parts) if parts else self._read_all()
+        return Interactions(data=data, buffer_rows=max(len(data), 1))
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.rows // batch_size)

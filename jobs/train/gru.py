@@ -30,7 +30,8 @@ from torch import nn
 
 from jobs.train import distributed, ranking
 from jobs.train.config import GRUConfig
-from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
+from jobs.train.fold_in import WarmStart, fold_in_sessions, nothing as _nothing
+from jobs.train.loop import EntityVectors, LoopConfig, Metric, Trainable
 from jobs.train.precision import Precision
 from jobs.train.progress import Progress
 from jobs.train.rows import to_device
@@ -110,8 +111,12 @@ class GRULearner:
     metric = Metric(f"valid_hr_at_{ranking.K}", "maximize")
 
     def __init__(self, cfg: GRUConfig, sessions: Sessions, histories: Histories, n_tokens: int,
-                 device: torch.device):
+                 device: torch.device, training: Sessions | None = None):
+        """``sessions`` give the token counts; the steps go over ``training`` (default: the same; a fold-in
+        of new tokens: the sessions that hold one)."""
         self.cfg, self.sessions, self.histories, self.device = cfg, sessions, histories, device
+        self.training = training if training is not None else sessions
+        self.after_step = _nothing  # a fold-in puts the parent's weights back here (jobs.train.fold_in)
         self.module = GRU4Rec(n_tokens, cfg.dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.module.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         self.module.to(device)
@@ -148,10 +153,10 @@ class GRULearner:
         rng = epoch_rng(cfg.seed, epoch, 1)
         torch.manual_seed(int(rng.integers(0, 2**62)) + distributed.rank())  # the same on a resumed run
         generator = torch_generator(rng)
-        total = max(cfg.epochs * self.sessions.sequences, 1)
-        progress = Progress(f"epoch {epoch}/{cfg.epochs}", self.sessions.tokens, "events")
+        total = max(cfg.epochs * self.training.sequences, 1)
+        progress = Progress(f"epoch {epoch}/{cfg.epochs}", self.training.tokens, "events")
         loss_sum, predicted = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        for block in self.sessions.blocks(cfg.seed, epoch):
+        for block in self.training.blocks(cfg.seed, epoch):
             for rows in _batches(block, cfg.batch_size, rng):
                 lr = cfg.lr * _schedule(min(self.sequences_done / total, 1.0))  # progress before this batch
                 self.sequences_done += len(rows)
@@ -177,6 +182,7 @@ class GRULearner:
                     states = self.train_module(inputs)[valid]
                     loss = self._loss(states, targets[valid], generator)
                 self.precision.step(loss * distributed.loss_weight(count, wanted), self.optimizer)
+                self.after_step()
                 loss_sum += loss.detach().double() * count  # stays on the device until the epoch ends
                 predicted += count
         loss_sum, predicted = distributed.all_sum(float(loss_sum), predicted)
@@ -234,11 +240,12 @@ class GRULearner:
         self.sequences_done = state["sequences_done"]
 
 
-def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
+def build(cfg: GRUConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device,
+          warm: WarmStart | None = None) -> Trainable:
     sessions = Sessions(snapshot_dir / SESSIONS_DIR, cfg.shuffle_buffer_sessions)
     histories = Histories(snapshot_dir / HISTORIES_DIR)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
-    learner = GRULearner(cfg, sessions, histories, sizes["token"], device)
+    learner = GRULearner(cfg, sessions, histories, sizes["token"], device, training=fold_in_sessions(sessions, warm))
     params = {"dim": cfg.dim, "hidden": cfg.hidden, "layers": cfg.layers, "sizes": sizes,
               "user_events": cfg.user_events, "loss": "sampled" if learner.sampled else "full",
               "spaces": {"token": "token", "user": "state", "next_token": "state"}}

@@ -23,12 +23,16 @@ import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.common.files import atomic_write_json, read_json
 from jobs.common.hashing import stable_hash
 from jobs.common.locks import exclusive
 from jobs.common.version import code_version
 from jobs.train.config import RATINGS_MODELS, TrainConfig
+
+if TYPE_CHECKING:
+    from jobs.train.fold_in import WarmStart
 from schemas.errors import ConfigError, StoreError
 from schemas.snapshot import Manifest
 from schemas.store import StoreLayout
@@ -80,21 +84,26 @@ def run(
     result, so a finished run is never rewritten. Under ``torchrun`` every rank calls
     this: all train, rank 0 alone checkpoints and writes the run, and every rank
     returns its result (the launcher is the one trainer: ranks take no lock)."""
-    from jobs.train import distributed
+    from jobs.train import distributed, fold_in  # torch: imported when a run trains
 
     world = distributed.launched_world_size()
     check_data_parallel(cfg, world)
+    if cfg.warm_start is not None:
+        if world > 1:
+            raise ConfigError(f"train.warm_start ({cfg.name}): a fold-in trains in one process, not {world}")
+        cfg = fold_in.resolve(cfg, store)  # "current" -> its run id, part of this run's id
     run_id = run_id_for(manifest.snapshot_id, cfg, world)
     out = store.run_dir(run_id)
     if (out / RESULT).is_file():
         return _reuse(run_id, out)
     _check_kind(cfg, manifest)
+    warm = fold_in.load(cfg, store, manifest, RESULT) if cfg.warm_start is not None else None
     if world > 1:
         return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs)
     with exclusive(store.run_lock(run_id), lock_timeout, f"training run {run_id}"):
         if (out / RESULT).is_file():  # another trainer finished it while this one waited
             return _reuse(run_id, out)
-        return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs)
+        return _train(cfg, snapshot_dir, manifest, run_id, out, world, resume, stop_after_epochs, warm)
 
 
 def _load_checkpoint(path: Path, device) -> dict:
@@ -117,8 +126,8 @@ def _reuse(run_id: str, out: Path) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str, out: Path, world: int,
-           resume: bool, stop_after_epochs: int | None) -> TrainResult:
-    from jobs.train import distributed
+           resume: bool, stop_after_epochs: int | None, warm: WarmStart | None = None) -> TrainResult:
+    from jobs.train import distributed, fold_in
 
     import torch
 
@@ -127,7 +136,11 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
 
     device = distributed.init(resolve_device(cfg.device))
     threads = configure_threads(cfg.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    trainable = _family_module(cfg.model).build(cfg, snapshot_dir, manifest, device)
+    trainable = _family_module(cfg.model).build(cfg, snapshot_dir, manifest, device, warm)
+    if warm is not None:  # the parent's weights first: a checkpoint of this run, if any, comes after them
+        frozen = fold_in.apply(trainable.learner.module, warm)
+        if frozen is not None:
+            trainable.learner.after_step = frozen.restore
     checkpoint = out / CHECKPOINT
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +165,7 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
         return TrainResult(run_id, out, distributed.broadcast(None), False)  # once rank 0 has written the run
 
     entities = _write_vectors(out / "vectors", trainable.learner.entities())
+    fold_in.save_final_weights(trainable.learner.module, out)  # what a later fold-in starts from
     metric = trainable.learner.metric
     result = {
         "run_id": run_id,
@@ -160,6 +174,7 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
         "dataset": manifest.dataset,
         "config": cfg.model_dump(mode="json"),
         "params": trainable.params,
+        "fold_in": warm.record(trainable.params["sizes"]) if warm is not None else None,
         "entities": entities,
         "metrics": {
             **fit.metrics,

@@ -23,8 +23,9 @@ from torch import nn
 from jobs.train import distributed
 from jobs.train.config import MFConfig
 from jobs.train.data import Batch, Interactions
+from jobs.train.fold_in import WarmStart, nothing as _nothing
 from jobs.train.implicit import Bags, ImplicitFeedback
-from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
+from jobs.train.loop import EntityVectors, LoopConfig, Metric, Trainable
 from jobs.train.precision import Precision
 from jobs.train.prefetch import prefetched
 from jobs.train.progress import Progress
@@ -137,6 +138,7 @@ class MFLearner:
         self.train_module: nn.Module = self.module
         self.cfg, self.train_data, self.device, self.implicit = cfg, train, device, implicit
         self.valid_data = valid if valid is not None and valid.rows else None
+        self.after_step = _nothing  # a fold-in puts the parent's weights back here (jobs.train.fold_in)
         self.sizes = (model.user.weight.shape[0], model.item.weight.shape[0])
         # without a budget (exact bags always) a step still cuts its own bags: a whole matrix per step
         # would cost the data, not the batch
@@ -183,11 +185,13 @@ class MFLearner:
                 predicted = self.train_module(batch, self.optimizer.take)
             loss = nn.functional.mse_loss(predicted.float(), batch.ratings)
             self.precision.step(loss * distributed.loss_weight(mine, size), self.optimizer)
+            self.after_step()
             self.schedule.step()
             total += loss.detach() * mine
             count += mine
             progress.advance(size)
         self.optimizer.flush()  # rows the last steps skipped catch up: validation and vectors read whole tables
+        self.after_step()
         total, count = distributed.all_sum(float(total), count)
         return {"train_rmse": math.sqrt(total / max(count, 1)), "lr": self.schedule.get_last_lr()[0]}
 
@@ -302,25 +306,29 @@ def scaled(cfg: MFConfig, train_rows: int, device: torch.device) -> MFConfig:
     return cfg.model_copy(update={"batch_size": batch, "lr": lr})
 
 
-def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
+def build(cfg: MFConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device,
+          warm: WarmStart | None = None) -> Trainable:
     train = Interactions.from_dir(snapshot_dir / interactions_dir("train"), cfg.shuffle_buffer_rows)
     valid = Interactions.from_dir(snapshot_dir / interactions_dir("valid"), cfg.shuffle_buffer_rows)
-    cfg = scaled(cfg, train.rows, device)
+    steps = train  # a fold-in of new keys steps over their ratings only (the implicit term keeps them all)
+    if warm is not None and warm.mode == "new":
+        steps = train.touching(warm.first_new("user"), warm.first_new("item"))
+    cfg = scaled(cfg, steps.rows, device)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
     y_range = y_range_for(cfg, manifest)
     model = build_model(cfg, sizes, y_range)
     averaging = cfg.average_from < 1
     # no early stop while the one-cycle schedule still climbs to its peak and a little after (seen on 21M
     # ratings: validation RMSE 0.581, 0.561, 0.576, 0.573 over epochs 1-4, then better as it anneals)
-    warm = math.ceil(WARM_UP_SHARE * cfg.epochs) + 1
-    loop = LoopConfig(cfg.epochs, patience=cfg.patience, patience_from=warm,
+    warm_up = math.ceil(WARM_UP_SHARE * cfg.epochs) + 1
+    loop = LoopConfig(cfg.epochs, patience=cfg.patience, patience_from=warm_up,
                       average_from=cfg.average_from if averaging else None,
                       restore_best=not averaging)
     implicit = implicit_feedback(cfg, train, sizes)
     return Trainable(
-        MFLearner(model, cfg, train, valid, device, implicit), loop,
+        MFLearner(model, cfg, steps, valid, device, implicit), loop,
         {"dim": cfg.dim, "y_range": list(y_range), "sizes": sizes, "batch_size": cfg.batch_size, "lr": cfg.lr,
          "implicit_max_items": implicit.max_items if implicit else None},
-        f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {train.rows} train / {valid.rows} valid "
+        f"{sizes['user']} users x {sizes['item']} items, dim {cfg.dim}, {steps.rows} train / {valid.rows} valid "
         f"ratings, batch {cfg.batch_size}, lr {cfg.lr:.4g}",
     )

@@ -136,6 +136,20 @@ class Sessions:
         for block in self._unshuffled_blocks(rng):
             yield block.take(rng.permutation(len(block)))
 
+    def with_tokens_from(self, first: int) -> "Sessions":
+        """The sessions holding a token index ``first`` or above (tokens a rebuild appended), in memory: what
+        a fold-in of new tokens trains on (jobs.train.fold_in); the counts are theirs."""
+        kept = []
+        for block in self._unshuffled_blocks(np.random.default_rng(0)):
+            new = np.concatenate([[0], np.cumsum(block.values >= first)])
+            kept.append(block.take(np.flatnonzero(new[block.offsets[1:]] > new[block.offsets[:-1]])))
+        chosen = Ragged.concat(kept) if kept else Ragged(np.empty(0, np.int64), np.zeros(1, np.int64))
+        sessions = object.__new__(Sessions)
+        sessions.files, sessions.buffer, sessions._cached = [], max(len(chosen), 1), chosen
+        sessions.sessions, sessions.tokens = len(chosen), int(chosen.values.size)
+        sessions.sequences = int(np.count_nonzero(chosen.lengths >= 2))
+        return sessions
+
     def token_counts(self, size: int) -> np.ndarray:
         """Occurrences of every token index in the training sessions."""
         counts = np.zeros(size, np.int64)

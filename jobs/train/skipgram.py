@@ -36,7 +36,8 @@ from torch import nn
 
 from jobs.train import ranking
 from jobs.train.config import SkipgramConfig
-from jobs.train.loop import Trainable, EntityVectors, LoopConfig, Metric
+from jobs.train.fold_in import WarmStart, fold_in_sessions, nothing as _nothing
+from jobs.train.loop import EntityVectors, LoopConfig, Metric, Trainable
 from jobs.train.progress import Progress
 from jobs.train.rows import to_device
 from jobs.train.sequences import Histories, Ragged, Sessions, epoch_rng, torch_generator
@@ -120,8 +121,12 @@ class SkipgramLearner:
     metric = Metric(f"valid_hr_at_{ranking.K}", "maximize")
 
     def __init__(self, cfg: SkipgramConfig, sessions: Sessions, histories: Histories, n_tokens: int,
-                 device: torch.device):
+                 device: torch.device, training: Sessions | None = None):
+        """``sessions`` give the token counts; the steps go over ``training`` (default: the same; a fold-in
+        of new tokens: the sessions that hold one)."""
         self.cfg, self.sessions, self.histories, self.device = cfg, sessions, histories, device
+        self.training = training if training is not None else sessions
+        self.after_step = _nothing  # a fold-in puts the parent's weights back here (jobs.train.fold_in)
         self.module = SkipGram(n_tokens, cfg.dim)
         self.module.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         self.module.to(device)
@@ -136,12 +141,12 @@ class SkipgramLearner:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
-        words_per_epoch = max(self.sessions.tokens, 1)
+        words_per_epoch = max(self.training.tokens, 1)
         done = (epoch - 1) * words_per_epoch
         total = cfg.epochs * words_per_epoch
         progress = Progress(f"epoch {epoch}/{cfg.epochs}", words_per_epoch, "words")
         loss_sum, pair_count = torch.zeros((), device=self.device), 0
-        for b, block in enumerate(self.sessions.blocks(cfg.seed, epoch)):
+        for b, block in enumerate(self.training.blocks(cfg.seed, epoch)):
             for c, chunk in enumerate(_chunks(block, PAIR_CHUNK_TOKENS)):
                 generator = torch_generator(epoch_rng(cfg.seed, epoch, b, c))
                 inputs, targets = pairs(chunk, self.keep, cfg.window, generator)
@@ -160,6 +165,7 @@ class SkipgramLearner:
                          * self.table.numel()).long()
                     ]
                     loss_sum += self._step(batch_inputs, batch_targets, negatives, lr)
+                    self.after_step()
                 pair_count += inputs.numel()
                 done += words
                 progress.advance(words)
@@ -240,11 +246,13 @@ def _known(sequences: Ragged) -> Ragged:
     return Ragged(sequences.values[keep], kept_before[sequences.offsets].astype(np.int64))
 
 
-def build(cfg: SkipgramConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device) -> Trainable:
+def build(cfg: SkipgramConfig, snapshot_dir: Path, manifest: Manifest, device: torch.device,
+          warm: WarmStart | None = None) -> Trainable:
     sessions = Sessions(snapshot_dir / SESSIONS_DIR, cfg.shuffle_buffer_sessions)
     histories = Histories(snapshot_dir / HISTORIES_DIR)
     sizes = {entity: stats.size for entity, stats in manifest.vocab.items()}
-    learner = SkipgramLearner(cfg, sessions, histories, sizes["token"], device)
+    learner = SkipgramLearner(cfg, sessions, histories, sizes["token"], device,
+                              training=fold_in_sessions(sessions, warm))
     params = {"dim": cfg.dim, "sizes": sizes, "window": cfg.window, "negatives": cfg.negatives,
               "user_events": cfg.user_events, "spaces": {"token": "token", "user": "token"}}
     return Trainable(learner, LoopConfig(cfg.epochs), params,

@@ -26,8 +26,13 @@ SELECT model, version, strftime(created_at, '%Y-%m-%d %H:%M') AS created, snapsh
                           || ' +' || printf('%.0f', 100 * (t.value->>'new_keys')::DOUBLE) || '%'
                           || ' -' || printf('%.0f', 100 * (t.value->>'removed_keys')::DOUBLE) || '%', ', ' ORDER BY t.key)
         FROM json_each(drift->'tables') t) AS "drift: overlap@10 +new -removed",
-       CASE WHEN (gate->>'forced')::BOOLEAN THEN 'forced' ELSE gate->>'rule' END AS gate, status
-FROM versions WHERE ? IS NULL OR model = ? ORDER BY model, version
+       CASE WHEN (gate->>'forced')::BOOLEAN THEN 'forced' ELSE gate->>'rule' END AS gate,
+       CASE WHEN fold_in->>'mode' IS NULL THEN 'full'
+            ELSE 'fold-in ' || (fold_in->>'mode') || ' from ' || coalesce(
+              (SELECT 'v' || max(p.version) FROM versions p WHERE p.model = v.model
+               AND p.run_id = (v.fold_in->>'parent_run')), 'run ' || (fold_in->>'parent_run')) END AS trained,
+       status
+FROM versions v WHERE ? IS NULL OR model = ? ORDER BY model, version
 """
 
 
