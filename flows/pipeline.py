@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Literal
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -107,7 +108,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
              resume: bool = True, force: bool = False, stages: list[Stage] | None = None,
              max_lateness_minutes: float | None = None, snapshot_id: str | None = None,
              train_deployment: str | None = None, train_timeout_minutes: float = 720, isolate_index: bool = False,
-             lock_timeout_seconds: float | None = None):
+             lock_timeout_seconds: float | None = None, fold_in: Literal["new", "all"] | None = None):
     """Index one config's data, then train and publish each of its models into one store.
 
     ``stages`` (all three by default) picks stages; without ``index`` the snapshot is
@@ -118,6 +119,8 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     a child process (a fresh Spark session per run, for long-lived processes).
     ``lock_timeout_seconds`` replaces the config's wait for the store's writer lock and
     bounds the wait for another process training the same run (default: as long as it trains).
+    ``fold_in`` ("new" or "all") starts each model from its current version instead of from scratch
+    (jobs.train.fold_in; the hourly fold-in deployments), on the snapshot the index stage rebuilt.
     A version the quality gate refuses fails the flow (the current version stays);
     ``force`` publishes it."""
     logger = get_run_logger()
@@ -126,7 +129,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
         logger.warning(late)
         return Cancelled(message=late)
     selected = policy.check_stages(stages)
-    cfg = load_config(config_path, input_path).with_lock_timeout(lock_timeout_seconds)
+    cfg = load_config(config_path, input_path).with_lock_timeout(lock_timeout_seconds).with_fold_in(fold_in)
     layout = StoreLayout(store)
     store = str(layout.root)
     if "index" in selected:
@@ -143,7 +146,7 @@ def pipeline(config_path: str, store: str = "latentstore-data", input_path: str 
     snapshot = indexed["snapshot_id"]
     if "train" in selected and train_deployment is not None:
         _train_on_deployment(train_deployment, config_path, store, input_path, snapshot, resume,
-                             train_timeout_minutes)
+                             train_timeout_minutes, fold_in)
     models, failures = {}, []
     for model in cfg.model_names():
         trained = _trained(cfg, layout, model, snapshot, resume, local="train" in selected and not train_deployment,
@@ -218,7 +221,7 @@ def _run(stage_task, marker: markers.StageMarker, label: str, *args) -> dict:
 
 
 def _train_on_deployment(deployment: str, config_path: str, store: str, input_path: str | None, snapshot: str,
-                         resume: bool, timeout_minutes: float) -> None:
+                         resume: bool, timeout_minutes: float, fold_in: str | None = None) -> None:
     """The train stage as a flow run of ``deployment`` (its own work pool); waits for it to finish."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -227,7 +230,7 @@ def _train_on_deployment(deployment: str, config_path: str, store: str, input_pa
     logger.info("training on deployment %s (snapshot %s)", deployment, snapshot)
     child = run_deployment(name=deployment, timeout=timeout_minutes * 60, poll_interval=2, parameters={
         "config_path": config_path, "store": store, "input_path": input_path, "resume": resume,
-        "stages": ["train"], "snapshot_id": snapshot})
+        "stages": ["train"], "snapshot_id": snapshot, "fold_in": fold_in})
     outcome = policy.remote_train_outcome(deployment, child.name, child.state, timeout_minutes)
     if outcome.cancel:
         with get_client(sync_client=True) as client:

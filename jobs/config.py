@@ -80,6 +80,14 @@ class PipelineConfig(StrictModel):
             return self
         return self.model_copy(update={"publish": self.publish.model_copy(update={"lock_timeout_seconds": seconds})})
 
+    def with_fold_in(self, mode: str | None) -> "PipelineConfig":
+        """This config with every model warm-started from its current version (``--fold-in``, the hourly
+        fold-in deployment): ``mode`` "new" or "all"; None keeps it."""
+        if mode is None:
+            return self
+        return self.model_copy(update={"train": [t.model_copy(update={"warm_start": "current", "fold_in": mode})
+                                                 for t in self.train]})
+
     def model_names(self) -> list[str]:
         return [train.name for train in self.train]
 

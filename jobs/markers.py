@@ -45,9 +45,10 @@ def index_marker(cfg: PipelineConfig, store: StoreLayout, planned) -> StageMarke
 
 
 def train_marker(cfg: PipelineConfig, store: StoreLayout, model: str, snapshot_id: str) -> StageMarker:
-    from jobs.train.job import RESULT, run_id_for
+    from jobs.stages import run_id_of
+    from jobs.train.job import RESULT
 
-    run_id = run_id_for(snapshot_id, cfg.model(model))
+    run_id = run_id_of(store, snapshot_id, cfg.model(model))
     return StageMarker("train", run_id, (store.run_dir(run_id) / RESULT).is_file(), str(store.root))
 
 

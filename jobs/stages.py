@@ -150,12 +150,24 @@ def publish(cfg: PipelineConfig, store: StoreLayout, model: str | None = None, r
             "drift": result.record.get("drift"), "retention": result.retention}
 
 
+def run_id_of(store: StoreLayout, snapshot_id: str, train_cfg) -> str:
+    """The id of the run ``train_cfg`` makes on the snapshot (for a fold-in from "current": from the current
+    version's run, or that run itself when it trained on this snapshot)."""
+    from jobs.train import fold_in
+    from jobs.train.job import RESULT, run_id_for
+
+    if train_cfg.warm_start is None:
+        return run_id_for(snapshot_id, train_cfg)
+    resolved = fold_in.resolve(train_cfg, store)
+    return fold_in.parent_on(resolved, store, snapshot_id, RESULT) or run_id_for(snapshot_id, resolved)
+
+
 def _finished_run_id(store: StoreLayout, snapshot_id: str, train_cfg) -> str:
     """The run of ``train_cfg`` on the snapshot: the one-process run when it finished, else the newest finished
     data-parallel one (``torchrun ... -m jobs.train``), else the one-process id (to name in the error)."""
     from jobs.train.job import RESULT, run_id_for
 
-    run_id = run_id_for(snapshot_id, train_cfg)
+    run_id = run_id_of(store, snapshot_id, train_cfg)
     if (store.run_dir(run_id) / RESULT).is_file():
         return run_id
     results = sorted((store.root / "runs").glob(f"*/{RESULT}"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -23,8 +23,9 @@ import numpy as np
 
 from jobs.common.files import read_json
 from jobs.store import duck
-from jobs.store.duck import quote_identifier, quote_literal, read_file, reader_of
+from jobs.store.duck import quote_identifier, quote_literal
 from jobs.store.knn import unit, vectors_of
+from jobs.store.labels import read_labels
 from schemas.errors import StoreError
 from schemas.store import StoreLayout
 
@@ -34,26 +35,15 @@ NO_LABEL, OTHER = "(no label)", "other"
 
 def _labels(path: str, key_column: str, label_column: str | None,
             title_column: str | None) -> dict[str, tuple[str | None, str | None]]:
-    """key -> (first label value, title) from a CSV or Parquet file (any column names: they are quoted).
-
-    Read through a connection that can open this one file (the store's own connection can open none)."""
-    if not Path(path).is_file():
-        raise StoreError(f"labels file not found: {path}")
-    reader = reader_of(Path(path))
-    present = read_file(path, f"DESCRIBE SELECT * FROM {reader}(?)").column("column_name").to_pylist()
-    for option, column in (("--key-column", key_column), ("--label-column", label_column),
-                           ("--title-column", title_column)):
-        if column and column not in present:
-            raise StoreError(f"{path}: no column {column!r} ({option}); its columns are: {', '.join(present)}")
-    columns = [c for c in (key_column, label_column, title_column) if c]
-    selected = ", ".join(f"CAST({quote_identifier(c)} AS VARCHAR) AS c{i}" for i, c in enumerate(columns))
-    table = read_file(path, f"SELECT {selected} FROM {reader}(?)")
+    """key -> (first label value, title) from a CSV or Parquet file."""
+    columns = [c for c in (label_column, title_column) if c]
+    options = ("--key-column", *(o for o, c in (("--label-column", label_column), ("--title-column", title_column))
+                                 if c))
     out = {}
-    for row in zip(*(table.column(i).to_pylist() for i in range(len(columns)))):
-        values = dict(zip(columns, row))
-        label = values.get(label_column) if label_column else None
-        out[values[key_column]] = (label.split("|")[0].strip() if label else None,
-                                   values.get(title_column) if title_column else None)
+    for key, values in read_labels(path, key_column, columns, options).items():
+        named = dict(zip(columns, values))
+        label = named.get(label_column) if label_column else None
+        out[key] = (label.split("|")[0].strip() if label else None, named.get(title_column) if title_column else None)
     return out
 
 

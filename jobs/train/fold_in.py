@@ -22,15 +22,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from jobs.common.files import read_json
 from jobs.store.registry import current_version
 from schemas.errors import ConfigError
 from schemas.snapshot import MANIFEST, Manifest
 from schemas.store import StoreLayout
+
+if TYPE_CHECKING:  # torch loads when a run trains, not when a flow resolves its config
+    import torch
+    from torch import nn
 
 #: The final weights of a finished run, beside its vectors: what a fold-in starts from.
 WEIGHTS = "weights.pt"
@@ -66,6 +68,15 @@ def resolve(cfg, store: StoreLayout):
                           f"{store.root}; train it in full first (no warm_start)")
     run_id = read_json(store.version_record(cfg.name, version))["run_id"]
     return cfg.model_copy(update={"warm_start": run_id})
+
+
+def parent_on(cfg, store: StoreLayout, snapshot_id: str, result_name: str) -> str | None:
+    """The warm start's run when it trained on ``snapshot_id`` itself: nothing was appended since, so it is
+    the result (an hourly fold-in on unchanged data must not train again and again)."""
+    if cfg.warm_start is None:
+        return None
+    path = store.run_dir(cfg.warm_start) / result_name
+    return cfg.warm_start if path.is_file() and read_json(path)["snapshot_id"] == snapshot_id else None
 
 
 def load(cfg, store: StoreLayout, manifest: Manifest, result_name: str) -> WarmStart:
@@ -104,6 +115,8 @@ def ancestors(store: StoreLayout, manifest: Manifest) -> list[str]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     path = run_dir / WEIGHTS
     if not path.is_file():
         raise ConfigError(f"run {run_dir.name} kept no final weights ({path}): it finished before fold-in "
@@ -121,6 +134,8 @@ def fold_in_sessions(sessions, warm: WarmStart | None):
 
 
 def save_final_weights(module: nn.Module, run_dir: Path) -> None:
+    import torch
+
     tmp = run_dir / f".{WEIGHTS}.tmp"
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
     tmp.replace(run_dir / WEIGHTS)
@@ -137,6 +152,8 @@ class Frozen:
                               if old.dim() else tensor.clone()))
 
     def restore(self) -> None:
+        import torch
+
         with torch.no_grad():
             for tensor, rows, saved in self.kept:
                 if rows is None:
@@ -148,6 +165,8 @@ class Frozen:
 def apply(module: nn.Module, warm: WarmStart) -> Frozen | None:
     """Copy the parent's weights into ``module`` (tables: their first rows); returns what to put back after
     each step in ``new`` mode (None in ``all`` mode)."""
+    import torch
+
     state = module.state_dict()
     missing = sorted(set(state) ^ set(warm.weights))
     if missing:

@@ -92,6 +92,11 @@ def run(
         if world > 1:
             raise ConfigError(f"train.warm_start ({cfg.name}): a fold-in trains in one process, not {world}")
         cfg = fold_in.resolve(cfg, store)  # "current" -> its run id, part of this run's id
+        unchanged = fold_in.parent_on(cfg, store, manifest.snapshot_id, RESULT)
+        if unchanged is not None:
+            log.info("%s: run %s already trained on snapshot %s: nothing to fold in", cfg.name, unchanged,
+                     manifest.snapshot_id)
+            return _reuse(unchanged, store.run_dir(unchanged))
     run_id = run_id_for(manifest.snapshot_id, cfg, world)
     out = store.run_dir(run_id)
     if (out / RESULT).is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import shutil
@@ -22,7 +23,15 @@ from latentstore.cli.common import (
     writable_store,
 )
 
+class FoldIn(str, enum.Enum):
+    new = "new"
+    all = "all"
+
+
 ForceOption = Annotated[bool, typer.Option("--force", help="Publish even if the quality gate refuses (recorded).")]
+FoldInOption = Annotated[FoldIn | None, typer.Option(
+    "--fold-in", help="Start each model from its current version (a rebuilt snapshot's new rows): new trains only "
+                      "the new rows, all every row (docs/operations.md, Fold-in).")]
 
 
 def _prefect_env(store: Path) -> None:
@@ -53,6 +62,7 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run from its checkpoint.")] = True,
     force: ForceOption = False,
     lock_timeout: LockTimeoutOption = None,
+    fold_in: FoldInOption = None,
 ) -> None:
     """Index, train and publish each CONFIG as one Prefect flow run."""
     setup_logging()
@@ -72,7 +82,8 @@ def run(
     for config, cfg in zip(configs, loaded):
         summary = pipeline(config_path=str(config), store=str(store),
                            input_path=str(input.resolve()) if input else None, resume=resume, force=force,
-                           isolate_index=isolate, lock_timeout_seconds=lock_timeout)
+                           isolate_index=isolate, lock_timeout_seconds=lock_timeout,
+                           fold_in=fold_in.value if fold_in else None)
         _print_summary(cfg, store, summary)
 
 
@@ -181,29 +192,31 @@ SnapshotOption = Annotated[str | None, typer.Option(help="Snapshot id (default: 
 def train(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
           snapshot: SnapshotOption = None,
           resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
-          lock_timeout: LockTimeoutOption = None) -> None:
+          lock_timeout: LockTimeoutOption = None, fold_in: FoldInOption = None) -> None:
     """Run only the train stage (PyTorch) on a snapshot, for each model of the config."""
     _run_stage("train", config, store, None, model=model, snapshot_id=snapshot, resume=resume,
-               lock_timeout=lock_timeout)
+               lock_timeout=lock_timeout, fold_in=fold_in)
 
 
 @app.command()
 def publish(config: Path, store: StoreOption = DEFAULT_STORE, model: ModelOption = None,
             snapshot: SnapshotOption = None, force: ForceOption = False,
-            lock_timeout: LockTimeoutOption = None) -> None:
-    """Run only the publish stage (DuckDB) for each model's finished training run."""
+            lock_timeout: LockTimeoutOption = None, fold_in: FoldInOption = None) -> None:
+    """Run only the publish stage (DuckDB) for each model's finished training run (``--fold-in``: the
+    fold-in run ``train --fold-in`` made)."""
     _run_stage("publish", config, store, None, model=model, snapshot_id=snapshot, force=force,
-               lock_timeout=lock_timeout)
+               lock_timeout=lock_timeout, fold_in=fold_in)
 
 
 def _run_stage(name: str, config: Path, store: Path, input_path: Path | None, model: str | None = None,
-               lock_timeout: float | None = None, **kwargs) -> None:
+               lock_timeout: float | None = None, fold_in: FoldIn | None = None, **kwargs) -> None:
     setup_logging()
     from jobs import stages
     from schemas.store import StoreLayout
 
     writable_store(store)
     cfg = _preflight(config, input_path) if name == "index" else _load(config).with_lock_timeout(lock_timeout)
+    cfg = cfg.with_fold_in(fold_in.value if fold_in else None)
     if name == "train":
         kwargs["lock_timeout"] = lock_timeout
     if name == "index":

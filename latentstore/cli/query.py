@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -226,3 +227,52 @@ def plot(
     except LatentstoreError as exc:
         fail(str(exc))
     typer.echo(f"{drawn['points']} points ({drawn['method']}) written to {drawn['file']}")
+
+
+class ExportFormat(str, enum.Enum):
+    projector = "projector"
+    parquet = "parquet"
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="projector: a folder; parquet: a .parquet file.")],
+    model: ModelOption,
+    entity: EntityOption = "item",
+    format: Annotated[ExportFormat, typer.Option("--format", help="projector (TensorBoard's Embedding "
+                                                                  "Projector) or parquet.")] = ExportFormat.projector,
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV or Parquet with labels per key.")] = None,
+    key_column: Annotated[str, typer.Option("--key-column", help="Column of --labels with the keys.")] = "key",
+    label_column: Annotated[list[str] | None, typer.Option(
+        "--label-column", help="A column of --labels for metadata.tsv (repeatable).")] = None,
+    min_count: MinCountOption = 0,
+    as_of: AsOfOption = None,
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Export one entity's vectors: for the Embedding Projector (vectors.tsv, metadata.tsv,
+    projector_config.pbtxt) or as Parquet with each row's lineage."""
+    from jobs.store import export as exporting
+
+    if format is ExportFormat.parquet and (labels or label_column):
+        fail("--labels and --label-column are for --format projector; join your table to the Parquet file instead")
+    if format is ExportFormat.parquet and out.suffix.lower() != ".parquet":
+        fail(f"{out}: --format parquet writes one file; name it .parquet")
+    if format is ExportFormat.projector and out.exists() and not out.is_dir():
+        fail(f"{out} is a file; --format projector writes a folder")
+    try:
+        with _open(store, model, as_of) as opened:
+            table = opened.table(model, entity)
+            if format is ExportFormat.projector:
+                done = exporting.projector(opened.con, table.name, f"{model}.{entity}", out,
+                                           str(labels) if labels else None, key_column, label_column or [],
+                                           min_count)
+            else:
+                run_id, snapshot_id, created_at = opened.con.execute(
+                    "SELECT run_id, snapshot_id, created_at::VARCHAR FROM versions WHERE model = ? AND version = ?",
+                    [model, table.version]).fetchone()
+                lineage = {"model": model, "entity": entity, "version": table.version, "run_id": run_id,
+                           "snapshot_id": snapshot_id, "created_at": created_at}
+                done = exporting.parquet(opened.con, table.name, out, lineage, min_count)
+    except LatentstoreError as exc:
+        fail(str(exc))
+    typer.echo(f"{done['rows']} rows of {model}.{entity} v{table.version} written to {', '.join(done['files'])}")

@@ -154,12 +154,15 @@ def test_deployments_from_infra_run_on_workers_and_publish(server, tmp_path):
     _prefect(env, "--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--all")
     deployments = {d["name"]: d for d in _api(env, "POST", "/deployments/filter", {})}
     expected = {f"{c}-{kind}" for c in ("default", "synthetic-events", "movielens", "movielens-sequences")
-                for kind in ("nightly", "hourly-publish")} | {"train-gpu", "movielens-sequences-nightly-gpu"}
+                for kind in ("nightly", "hourly-publish", "hourly-fold-in")} | {"train-gpu", "movielens-sequences-nightly-gpu"}
     assert set(deployments) == expected
     nightly, hourly = deployments["default-nightly"], deployments["default-hourly-publish"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert [s["schedule"]["cron"] for s in hourly["schedules"]] == ["15 * * * *"]
     assert hourly["parameters"]["stages"] == ["publish"]
+    fold_in = deployments["default-hourly-fold-in"]
+    assert fold_in["parameters"]["fold_in"] == "new" and "stages" not in fold_in["parameters"]
+    assert [s["schedule"]["cron"] for s in fold_in["schedules"]] == ["45 * * * *"]
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
@@ -196,6 +199,17 @@ def test_deployments_from_infra_run_on_workers_and_publish(server, tmp_path):
     con = latentstore.connect(store)
     assert con.execute("SELECT model, version FROM versions WHERE is_current").fetchall() == [("nightly", 1)]
     assert con.execute("SELECT count(*) FROM nightly.item").fetchone()[0] == 50
+    con.close()
+
+    # the hourly fold-in on unchanged input: the same snapshot, the current run reused, nothing new published
+    hourly_fold_in = _api(env, "POST", f"/deployments/{fold_in['id']}/create_flow_run", {"parameters": {
+        "config_path": str(config), "store": str(store)}})
+    _wait(lambda: _api(env, "GET", f"/flow_runs/{hourly_fold_in['id']}")["state"]["type"] in FINAL, 300,
+          "the hourly fold-in to finish", lambda: processes.tail("worker-latentstore"))
+    assert _api(env, "GET", f"/flow_runs/{hourly_fold_in['id']}")["state"]["type"] == "COMPLETED", \
+        processes.tail("worker-latentstore", 80)
+    con = latentstore.connect(store)
+    assert con.execute("SELECT model, version FROM versions").fetchall() == [("nightly", 1)]
     con.close()
 
 
