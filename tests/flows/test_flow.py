@@ -121,3 +121,41 @@ def test_an_events_flow_trains_and_publishes_each_model_as_its_own_tasks(prefect
     con = latentstore.connect(tmp_path / "store")
     assert con.execute("SELECT count(DISTINCT model) FROM embeddings").fetchone()[0] == 2
     con.close()
+
+
+def test_the_flow_folds_the_new_keys_of_a_grown_input_into_the_current_version(prefect_harness, spark, tmp_path):
+    """What the hourly fold-in deployment runs: the grown input indexed as a rebuild, the new users and items
+    folded into the current version, published; an hour later with no new data, nothing trains."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import pipeline
+    from jobs.synthetic import materialise
+    from jobs.synthetic.config import SyntheticRatings
+
+    table = pq.read_table(materialise(SyntheticRatings(users=150, items=60, clusters=3, ratings_per_user=15, seed=3),
+                                      tmp_path / "generated"))
+    users = sorted(set(table["user"].to_pylist()))
+    for name, rows in (("old", table.filter(pc.is_in(table["user"], pa.array(users[:120])))), ("all", table)):
+        (tmp_path / name).mkdir()
+        pq.write_table(rows, tmp_path / name / "ratings.parquet")
+    config = tmp_path / "grown.toml"
+    config.write_text(CONFIG.split("[publish.map]")[0].replace('name = "flowdemo"', 'name = "grown"').replace(
+        "[index.input.synthetic]\nusers = 150\nitems = 60\nclusters = 3\nratings_per_user = 15\nseed = 3\n",
+        '[index.input]\npath = "old"\ncolumns = { user = "user", item = "item", rating = "rating", '
+        'timestamp = "timestamp" }\n'))
+    store = str(tmp_path / "store")
+    first = pipeline(str(config), store)["models"]["grown"]
+    folded = pipeline(str(config), store, input_path=str(tmp_path / "all"), fold_in="new")["models"]["grown"]
+    assert folded["publish"]["version"] == 2 and not folded["train"]["reused"]
+    con = latentstore.connect(store)
+    lineage = json.loads(con.execute("SELECT fold_in FROM versions WHERE version = 2").fetchone()[0])
+    assert con.execute("SELECT count(*) FROM grown.user").fetchone()[0] == 150
+    con.close()
+    assert lineage["parent_run"] == first["train"]["run_id"] and lineage["rows_folded_in"]["user"] == 30
+    again = pipeline(str(config), store, input_path=str(tmp_path / "all"), fold_in="new")["models"]["grown"]
+    assert again["train"]["reused"] and again["train"]["run_id"] == folded["train"]["run_id"]
+    assert again["publish"]["version"] == 2

@@ -23,10 +23,10 @@ NO_GATE = {"gate": {"enabled": False}}  # different seeds of one model: the lock
 READER = r"""
 import json, sys, time
 import latentstore
-store, seconds = sys.argv[1], float(sys.argv[2])
+store, seconds, until = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 deadline = time.monotonic() + seconds
 seen = []
-while time.monotonic() < deadline:
+while time.monotonic() < deadline and not (seen and seen[-1].get("model", 0) >= until):
     try:
         con = latentstore.connect(store)
         model_version = con.execute("SELECT version FROM models WHERE model = 'race'").fetchone()[0]
@@ -76,7 +76,7 @@ def race_store(spark, tmp_path_factory):
 def test_readers_never_fail_or_see_a_mix_during_publishes(race_store):
     base, store = race_store
     start = current_version(StoreLayout(store), "race")  # v1 when this test runs first; any order works
-    readers = [_python(READER, store, 12) for _ in range(2)]
+    readers = [_python(READER, store, 120, start + 2) for _ in range(2)]  # until they see both publishes
     time.sleep(2.0)  # let readers start looping on the current version
     for seed in (1, 2):
         publisher = _python(PUBLISH, base, store, seed, 60)
@@ -93,7 +93,7 @@ def test_readers_never_fail_or_see_a_mix_during_publishes(race_store):
             assert s["model"] == s["meta"] and s["view"] == [s["model"]] and s["current"] == [s["model"]]
         versions = [s["model"] for s in seen]
         assert versions == sorted(versions), "a reader went back to an older version"
-        assert versions[0] == start and versions[-1] >= start + 1
+        assert versions[0] == start and versions[-1] == start + 2
 
 
 def test_two_concurrent_publishers_are_serialised(race_store):
