@@ -143,14 +143,24 @@ def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int) -> dic
 
 
 def synthetic(scale: int) -> pd.DataFrame:
-    """Synthetic ratings ``scale`` times MovieLens 100K, with timestamps, in MovieLens's column names."""
+    """Synthetic ratings ``scale`` times MovieLens 100K, in MovieLens's column names, with users and items
+    that arrive over time as in a real log (the generator's own timestamps are uniform: nobody would be new):
+    each user and item gets an arrival time, a user's ratings spread over the 20% of the span after it, and a
+    rating before its item arrived is dropped."""
     from jobs.synthetic import materialise
     from jobs.synthetic.config import SyntheticRatings
 
     settings = SyntheticRatings(users=943 * scale, items=1682 * max(scale // 2, 1), clusters=20,
-                                ratings_per_user=106, noise=0.5, seed=SEED)
+                                ratings_per_user=175, noise=0.5, seed=SEED)
     with tempfile.TemporaryDirectory() as tmp:
         table = pq.read_table(materialise(settings, Path(tmp))).to_pandas()
+    rng = np.random.default_rng(SEED)
+    span = 10_000_000
+    users, items = table.user.astype("category"), table.item.astype("category")
+    user_arrival = rng.random(len(users.cat.categories)) * 0.8 * span
+    item_arrival = rng.random(len(items.cat.categories)) ** 2 * 0.9 * span  # most items early, some late
+    table["timestamp"] = (user_arrival[users.cat.codes] + rng.random(len(table)) * 0.2 * span).astype(np.int64)
+    table = table[table.timestamp >= item_arrival[items.cat.codes]]
     return table.rename(columns={"user": "userId", "item": "movieId"})
 
 
@@ -159,7 +169,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["movielens", "synthetic"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--all-epochs", type=int, default=2)
-    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--scale", type=int, default=12)
     args = parser.parse_args()
     results = {}
     if args.only in (None, "movielens"):
