@@ -10,6 +10,12 @@ training; the other half are held out, the same for every contender:
 - ``fold_in_all``: warm start, every row trained for ``--all-epochs`` epochs;
 - ``full``: a full retrain on the rebuilt snapshot (the config's epochs).
 
+The same for the sequence models (``skipgram``, ``gru``) on MovieLens as one
+sequence per user: HR@10 on each user's held-out last event of the rebuilt
+snapshot; the old version is scored there with its own weights (a new token
+keeps its fresh, untrained row), and both fold-ins train
+``--sequence-fold-in-epochs`` epochs.
+
 Each is the real pipeline: the index job (Spark) builds the first snapshot and
 then the rebuild (indices kept, new keys appended), the train job trains. RMSE
 on the held-out ratings comes from the published vectors (the model's own
@@ -17,8 +23,8 @@ prediction: squashed user . item + biases), ``known_share`` is the share of the
 held-out ratings whose user and item the model knows, ``train_seconds`` the
 train job's own time.
 
-    .venv/bin/python benchmarks/fold_in.py            # MovieLens 100K, then synthetic ratings 10x larger
-    .venv/bin/python benchmarks/fold_in.py --only movielens
+    .venv/bin/python benchmarks/fold_in.py     # MovieLens 100K (mf, then skipgram and gru), synthetic 12x (mf)
+    .venv/bin/python benchmarks/fold_in.py --only sequences    # one part; the others' results stay in the file
 
 Writes benchmarks/results/fold_in.json: per data set ``{"mf": {"old", "fold_in_new",
 "fold_in_all", "full"}}`` each ``{metric, train_seconds, known_share}``, and the
@@ -28,6 +34,7 @@ ratios to the full retrain.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -39,7 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import SHARED, write_result  # noqa: E402
+from benchmarks._common import RESULTS, SHARED, write_result  # noqa: E402
 
 RATINGS = SHARED / "movielens-100k" / "ratings.csv"
 CUT_QUANTILE, ARRIVED_SHARE, SEED = 0.8, 0.5, 42
@@ -142,6 +149,88 @@ def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int) -> dic
         shutil.rmtree(base, ignore_errors=True)
 
 
+SEQUENCE_MODELS = {"skipgram": {"model": "skipgram", "dim": 64, "window": 5, "epochs": 10, "exclude_seen": True},
+                   "gru": {"model": "gru", "dim": 64, "hidden": 128, "epochs": 10, "batch_size": 32, "lr": 6e-3,
+                           "exclude_seen": True}}
+
+
+def _events_config(base: Path, name: str, data: Path):
+    """MovieLens as one sequence per user (configs/movielens-100k-sequences.toml): the last event held out."""
+    from jobs.common.config import validate
+    from jobs.config import PipelineConfig
+
+    return validate(PipelineConfig, {
+        "name": name,
+        "index": {"kind": "events", "min_count": 1, "spark": {"master": "local[2]"},
+                  "input": {"path": str(data), "columns": {"user": "userId", "timestamp": "timestamp"}},
+                  "events": {"templates": {"*": "{movieId}"}, "session_gap_seconds": 0, "max_length": 200,
+                             "holdout": 1, "history_length": 1000}},
+        "train": [{**settings, "seed": SEED, "threads": 2} for settings in SEQUENCE_MODELS.values()],
+        "publish": {},
+    }, "benchmark", base_dir=base)
+
+
+def measure_sequences(frame: pd.DataFrame, fold_in_epochs: int) -> dict:
+    """skipgram and gru: HR@10 on the rebuilt snapshot's held-out next items (each user's last event). The old
+    version is scored there with its own weights (new tokens: fresh rows, never trained)."""
+    from jobs import stages
+    from jobs.index.snapshots import read_manifest
+    from jobs.train.job import run
+    from schemas.store import StoreLayout
+
+    base = Path(tempfile.mkdtemp(prefix="fold-in-sequences-"))
+    try:
+        before, arrived, _ = _split(frame)
+        (base / "old").mkdir()
+        (base / "new").mkdir()
+        before.to_csv(base / "old" / "ratings.csv", index=False)
+        pd.concat([before, arrived]).to_csv(base / "new" / "ratings.csv", index=False)
+        store = StoreLayout(base / "store")
+        snapshots = []
+        for part in ("old", "new"):
+            cfg = _events_config(base, "sequences", base / part)
+            indexed = stages.index(cfg, store)
+            directory = store.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
+            snapshots.append((directory, read_manifest(directory)))
+        old_tokens = snapshots[0][1].vocab["token"].size
+        out = {}
+        for train_cfg in cfg.train:
+            old = run(train_cfg, store, *snapshots[0])
+
+            def warm(mode: str, **settings):
+                return run(train_cfg.model_copy(update={"warm_start": old.run_id, "fold_in": mode, **settings}),
+                           store, *snapshots[1])
+
+            contenders = {"old": warm("new", epochs=1, lr=1e-12, min_lr=0.0) if train_cfg.model == "skipgram"
+                          else warm("new", epochs=1, lr=1e-12),
+                          "fold_in_new": warm("new", epochs=fold_in_epochs),
+                          "fold_in_all": warm("all", epochs=fold_in_epochs),
+                          "full": run(train_cfg, store, *snapshots[1])}
+            known = _known_targets(snapshots[1][0], old_tokens)
+            out[train_cfg.model] = {label: {
+                "metric": round(result.result["metrics"]["valid_hr_at_10"], 4),
+                "train_seconds": round(0.0 if label == "old" else result.result["metrics"]["train_seconds"], 2),
+                "known_share": round(known if label == "old" else 1.0, 4)} for label, result in contenders.items()}
+            out[train_cfg.model]["old"]["train_seconds"] = round(old.result["metrics"]["train_seconds"], 2)
+        return {**out, "metric": "HR@10 on each user's held-out last event of the rebuilt snapshot",
+                "ratios_to_full": {family: {label: {"metric": round(v["metric"] / results["full"]["metric"], 4),
+                                                    "time": round(v["train_seconds"] / results["full"]["train_seconds"], 3)}
+                                            for label, v in results.items() if label != "full"}
+                                   for family, results in out.items()},
+                "epochs": {"full": {f: s["epochs"] for f, s in SEQUENCE_MODELS.items()},
+                           "fold_in_new": fold_in_epochs, "fold_in_all": fold_in_epochs}}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _known_targets(snapshot: Path, old_tokens: int) -> float:
+    """Share of the held-out events whose token the old version had."""
+    histories = pq.read_table(snapshot / "histories").to_pandas()
+    targets = np.concatenate([np.asarray(recent)[len(recent) - held:] for recent, held
+                              in zip(histories.recent, histories.held_out) if held])
+    return float(np.mean((targets > 0) & (targets < old_tokens)))
+
+
 def synthetic(scale: int) -> pd.DataFrame:
     """Synthetic ratings ``scale`` times MovieLens 100K, in MovieLens's column names, with users and items
     that arrive over time as in a real log (the generator's own timestamps are uniform: nobody would be new):
@@ -166,7 +255,8 @@ def synthetic(scale: int) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["movielens", "synthetic"])
+    parser.add_argument("--only", choices=["movielens", "synthetic", "sequences"])
+    parser.add_argument("--sequence-fold-in-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--all-epochs", type=int, default=2)
     parser.add_argument("--scale", type=int, default=12)
@@ -175,10 +265,17 @@ def main() -> None:
     if args.only in (None, "movielens"):
         results["movielens_100k"] = measure(pd.read_csv(RATINGS), "movielens", args.epochs, args.all_epochs)
         print(results["movielens_100k"])
+    if args.only in (None, "sequences"):
+        results["movielens_100k_sequences"] = measure_sequences(pd.read_csv(RATINGS), args.sequence_fold_in_epochs)
+        print(results["movielens_100k_sequences"])
     if args.only in (None, "synthetic"):
         results[f"synthetic_{args.scale}x"] = measure(synthetic(args.scale), "synthetic", args.epochs,
                                                       args.all_epochs)
         print(results[f"synthetic_{args.scale}x"])
+    previous = RESULTS / "fold_in.json"  # --only: the other data sets' results stay
+    if args.only and previous.is_file():
+        kept = {k: v for k, v in json.loads(previous.read_text()).items() if k != "machine"}
+        results = {**kept, **results}
     print(write_result("fold_in", results))
 
 

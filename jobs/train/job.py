@@ -3,6 +3,7 @@
     runs/<run_id>/
       checkpoint.pt          after every epoch (resume point)
       vectors/<table>.parquet   index int32, vector fixed_size_list<float32>[dim], bias float32 (nullable)
+      weights.pt             the final weights (tensors only): what a fold-in starts from (jobs.train.fold_in)
       result.json            written last: params, metrics per epoch, provenance, and per table the
                              vocabulary its indices refer to and the space its vectors live in
 

@@ -23,6 +23,7 @@ from jobs import stages
 from jobs.common.files import read_json
 from jobs.config import load_config
 from jobs.index.snapshots import latest_id
+from jobs.train.fold_in import WEIGHTS
 from jobs.train.job import CHECKPOINT, RESULT, run_id_for
 from schemas.store import StoreLayout
 from tests.helpers import index_snapshot
@@ -160,7 +161,7 @@ def test_mf_on_two_processes_matches_one_and_rank_0_alone_writes(stores, mf_runs
     # rank 0 alone wrote: one run directory per world size, one set of vectors, nothing else
     ratings_runs = [p.name for p in (store / "runs").iterdir() if read_json(p / RESULT)["dataset"] == "ddp_ratings"]
     assert sorted(ratings_runs) == sorted([single["run_id"], double["run_id"]])
-    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT, RESULT, "vectors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT, RESULT, "vectors", WEIGHTS]
     assert sorted(p.name for p in (run_dir / "vectors").iterdir()) == ["item.parquet", "user.parquet"]
     assert pq.read_metadata(run_dir / "vectors" / "user.parquet").num_rows == result["entities"]["user"]["rows"]
     with capsys.disabled():
