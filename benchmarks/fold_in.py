@@ -95,7 +95,7 @@ def _predict(result, snapshot: Path, held: pd.DataFrame, fallback: float) -> tup
     return rmse, float(known.mean())
 
 
-def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int) -> dict:
+def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int, all_lr: float | None = None) -> dict:
     from jobs import stages
     from jobs.index.snapshots import read_manifest
     from jobs.train.job import run
@@ -123,7 +123,8 @@ def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int) -> dic
             "fold_in_new": (run(train_cfg.model_copy(update={"warm_start": old.run_id, "fold_in": "new"}), store,
                                 *snapshots[1]), snapshots[1]),
             "fold_in_all": (run(train_cfg.model_copy(update={"warm_start": old.run_id, "fold_in": "all",
-                                                             "epochs": all_epochs}), store, *snapshots[1]),
+                                                             "epochs": all_epochs, "lr": all_lr or train_cfg.lr}),
+                                store, *snapshots[1]),
                             snapshots[1]),
             "full": (run(train_cfg, store, *snapshots[1]), snapshots[1]),
         }
@@ -259,18 +260,20 @@ def main() -> None:
     parser.add_argument("--sequence-fold-in-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--all-epochs", type=int, default=2)
+    parser.add_argument("--all-lr", type=float, default=None, help="fold-in all's peak learning rate (default: the config's)")
     parser.add_argument("--scale", type=int, default=12)
     args = parser.parse_args()
     results = {}
     if args.only in (None, "movielens"):
-        results["movielens_100k"] = measure(pd.read_csv(RATINGS), "movielens", args.epochs, args.all_epochs)
+        results["movielens_100k"] = measure(pd.read_csv(RATINGS), "movielens", args.epochs, args.all_epochs,
+                                             args.all_lr)
         print(results["movielens_100k"])
     if args.only in (None, "sequences"):
         results["movielens_100k_sequences"] = measure_sequences(pd.read_csv(RATINGS), args.sequence_fold_in_epochs)
         print(results["movielens_100k_sequences"])
     if args.only in (None, "synthetic"):
         results[f"synthetic_{args.scale}x"] = measure(synthetic(args.scale), "synthetic", args.epochs,
-                                                      args.all_epochs)
+                                                      args.all_epochs, args.all_lr)
         print(results[f"synthetic_{args.scale}x"])
     previous = RESULTS / "fold_in.json"  # --only: the other data sets' results stay
     if args.only and previous.is_file():

@@ -3,6 +3,9 @@
 - The new version is compared with the current one only when both were validated on the same
   validation set (the same snapshot content: input, data config and split) with the same metric:
   then it is refused when worse by more than ``tolerance`` x |current value|.
+- A fold-in (jobs.train.fold_in) of the current version was validated on its own snapshot, and so was
+  the current version's run, re-scored there before the fold-in trained: the same tolerance rule then
+  compares the two on that validation set.
 - Otherwise (the first publish, a new snapshot, another metric) the model's absolute floor applies,
   if one is configured; with none, the version passes.
 - Each metric has a direction (minimize: RMSE; maximize: HR@10): "worse" follows it.
@@ -43,14 +46,20 @@ def _known(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def decide(cfg: GateConfig, model: str, metric: dict, validation_set: str, current: dict | None) -> Decision:
-    """``metric``: {"name", "value", "direction"} of the new version; ``current``: the current version's record.
+def decide(cfg: GateConfig, model: str, metric: dict, validation_set: str, current: dict | None,
+           fold_in: dict | None = None) -> Decision:
+    """``metric``: {"name", "value", "direction"} of the new version; ``current``: the current version's record;
+    ``fold_in``: the new run's fold-in record (its parent run and the parent's metric on this validation set).
 
     A missing or non-finite value (no validation data, or a NaN) is unknown: it never passes a
     comparison with a validated current version, nor a floor."""
     name, value, direction = metric["name"], metric["value"], metric["direction"]
     if not cfg.enabled:
         return Decision(True, "disabled", "the gate is disabled (publish.gate.enabled = false)", name, value)
+    if (current is not None and fold_in and fold_in.get("parent_run") == current.get("run_id")
+            and current.get("metric_name") == name and _known(fold_in.get("parent_metric"))):
+        # the current version re-scored on the fold-in's own validation set: compared as on the same one
+        current = {**current, "metric_value": fold_in["parent_metric"], "validation_set": validation_set}
     comparable = (current is not None and current.get("validation_set") == validation_set
                   and current.get("metric_name") == name and _known(current.get("metric_value")))
     if comparable and not _known(value):

@@ -98,7 +98,8 @@ def run(
             return PublishResult(model, existing["version"], store.root / existing["file"], existing, True)
         current_record = read_json(store.version_record(model, current)) if current is not None else None
         _check_macro_names(store, model, list(result["entities"]))
-        decision = gate.decide(cfg.gate, model, result["primary_metric"], manifest.content_key, current_record)
+        decision = gate.decide(cfg.gate, model, result["primary_metric"], manifest.content_key, current_record,
+                               result.get("fold_in"))
         if not decision.passed and not force:
             append_event(store, model, "refused", from_version=current, run_id=result["run_id"],
                          details={**decision.record(), "snapshot_id": manifest.snapshot_id})

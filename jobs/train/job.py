@@ -143,10 +143,13 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
     device = distributed.init(resolve_device(cfg.device))
     threads = configure_threads(cfg.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     trainable = _family_module(cfg.model).build(cfg, snapshot_dir, manifest, device, warm)
+    parent_metric = None
     if warm is not None:  # the parent's weights first: a checkpoint of this run, if any, comes after them
         frozen = fold_in.apply(trainable.learner.module, warm)
         if frozen is not None:
             trainable.learner.after_step = frozen.restore
+        # the parent scored on this snapshot's validation set: what the gate compares the fold-in with
+        parent_metric = trainable.learner.evaluate().get(trainable.learner.metric.name)
     checkpoint = out / CHECKPOINT
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +183,7 @@ def _train(cfg: TrainConfig, snapshot_dir: Path, manifest: Manifest, run_id: str
         "dataset": manifest.dataset,
         "config": cfg.model_dump(mode="json"),
         "params": trainable.params,
-        "fold_in": warm.record(trainable.params["sizes"]) if warm is not None else None,
+        "fold_in": {**warm.record(trainable.params["sizes"]), "parent_metric": parent_metric} if warm else None,
         "entities": entities,
         "metrics": {
             **fit.metrics,

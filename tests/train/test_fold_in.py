@@ -91,8 +91,10 @@ def test_new_mode_moves_only_the_appended_rows_and_learns_the_new_users(ratings)
         assert torch.equal(after[name][:old.shape[0]], old), name  # the parent's rows: bitwise the same
     for name in ("user.weight", "item.weight", "item_implicit.weight"):
         assert after[name].shape[0] > before[name].shape[0]
-    assert folded.result["fold_in"] == {"parent_run": parent.run_id, "mode": "new",
-                                        "rows_folded_in": {"item": 10, "user": 40}}
+    record = folded.result["fold_in"]
+    assert {k: record[k] for k in ("parent_run", "mode", "rows_folded_in")} == {
+        "parent_run": parent.run_id, "mode": "new", "rows_folded_in": {"item": 10, "user": 40}}
+    assert folded.result["metrics"]["valid_rmse"] < record["parent_metric"]  # the parent, scored on this snapshot
     rmse, mean_predictor = _new_users_rmse(second, folded)
     assert rmse < mean_predictor, (rmse, mean_predictor)
     untrained, _ = _new_users_rmse(second, _fold_in(store, second, parent, "new", lr=1e-9))
@@ -183,11 +185,14 @@ def test_a_fold_in_version_names_its_parent_and_reports_its_drift(ratings):
     from jobs.publish.job import run as publish
 
     store, first, second, parent = ratings
-    layout, cfg = StoreLayout(store), PublishConfig(gate={"enabled": False}, hnsw_min_rows=100_000)
+    layout, cfg = StoreLayout(store), PublishConfig(gate={"tolerance": 0.02}, hnsw_min_rows=100_000)
     publish(cfg, "rates", layout, parent.path, parent.result, *first)
     folded = run(MFConfig(**{**MF, "epochs": 2, "name": "rates", "warm_start": "current"}), layout, *second)
     assert folded.run_id == _fold_in(store, second, parent, "new").run_id  # "current" is v1's run
     published = publish(cfg, "rates", layout, folded.path, folded.result, *second)
+    gate = published.record["gate"]  # v1 re-scored on the fold-in's validation set, the tolerance rule applied
+    assert (gate["rule"], gate["compared_to"], gate["passed"]) == ("tolerance", 1, True)
+    assert gate["limit"] == pytest.approx(folded.result["fold_in"]["parent_metric"] * 1.02)
     con = latentstore.connect(store)
     lineage, drift = con.execute("SELECT fold_in, drift FROM versions WHERE model = 'rates' AND version = ?",
                                  [published.version]).fetchone()
@@ -200,3 +205,19 @@ def test_a_fold_in_version_names_its_parent_and_reports_its_drift(ratings):
     shown = subprocess.run([sys.executable, "-m", "latentstore.cli", "versions", "--store", str(store), "-f", "csv"],
                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
     assert "fold-in new from v1" in shown.stdout and ",full," in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_the_gate_refuses_a_fold_in_worse_than_its_parent_on_the_same_validation_set():
+    from jobs.publish.config import GateConfig
+    from jobs.publish.gate import decide
+
+    current = {"version": 3, "run_id": "parent", "metric_name": "valid_rmse", "metric_value": 0.80,
+               "validation_set": "old-snapshot"}
+    metric = {"name": "valid_rmse", "value": 0.95, "direction": "minimize"}
+    rescored = {"parent_run": "parent", "mode": "new", "parent_metric": 0.90}
+    refused = decide(GateConfig(), "m", metric, "new-snapshot", current, rescored)
+    assert (refused.passed, refused.rule, refused.compared_to) == (False, "tolerance", 3)
+    assert refused.limit == pytest.approx(0.90 * 1.02)
+    assert decide(GateConfig(), "m", {**metric, "value": 0.91}, "new-snapshot", current, rescored).passed
+    other_parent = decide(GateConfig(), "m", metric, "new-snapshot", current, {**rescored, "parent_run": "x"})
+    assert other_parent.rule == "no floor"  # not a fold-in of the current version: another validation set
