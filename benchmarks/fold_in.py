@@ -171,8 +171,47 @@ def _events_config(base: Path, name: str, data: Path):
     }, "benchmark", base_dir=base)
 
 
-def measure_sequences(frame: pd.DataFrame, fold_in_epochs: int) -> dict:
-    """skipgram and gru: HR@10 on the rebuilt snapshot's held-out next items (each user's last event). The old
+def _synthetic_events_config(base: Path, name: str, data: Path):
+    """The synthetic event log's own config (configs/synthetic-events.toml), on ``data``."""
+    from jobs.common.config import validate
+    from jobs.config import PipelineConfig
+    from jobs.synthetic.events import BUCKETS, COLUMNS, TEMPLATES
+
+    return validate(PipelineConfig, {
+        "name": name,
+        "index": {"kind": "events", "min_count": 5, "spark": {"master": "local[2]"},
+                  "input": {"path": str(data), "columns": COLUMNS},
+                  "events": {"templates": TEMPLATES, "buckets": BUCKETS, "session_gap_seconds": 1800,
+                             "max_length": 50, "holdout": 1, "history_length": 200}},
+        "train": [{"model": "skipgram", "dim": 64, "epochs": 5, "seed": SEED, "threads": 2},
+                  {"model": "gru", "dim": 64, "hidden": 128, "epochs": 8, "seed": SEED, "threads": 2}],
+        "publish": {},
+    }, "benchmark", base_dir=base)
+
+
+def synthetic_events(launched_share: float = 0.3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(before the cut, arrived after it) of the synthetic event log (the default config's size), in which
+    ``launched_share`` of the items are launched at the cut: nobody buys them before it."""
+    from jobs.synthetic import materialise
+    from jobs.synthetic.config import SyntheticEvents
+
+    settings = SyntheticEvents(users=4000, segments=8, sessions_per_user=6, events_per_session=8, follow=0.5,
+                               overlap=0.1, noise=0.1, dirty=0.0, seed=SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = pq.read_table(materialise(settings, Path(tmp))).to_pandas()
+    time = pd.to_datetime(log.ts, utc=True)
+    cut = time.quantile(CUT_QUANTILE)
+    items = sorted(log.item.dropna().unique())
+    launched = set(np.random.default_rng(SEED).choice(items, int(launched_share * len(items)), replace=False))
+    early_launch = (time <= cut) & log.item.isin(launched)
+    before = log[(time <= cut) & ~early_launch]
+    after = log[time > cut]
+    arrived = np.random.default_rng(SEED).random(len(after)) < ARRIVED_SHARE
+    return before, after[arrived]
+
+
+def measure_sequences(before: pd.DataFrame, arrived: pd.DataFrame, make_config, fold_in_epochs: int) -> dict:
+    """skipgram and gru: HR@10 on the rebuilt snapshot's held-out next events (each user's last). The old
     version is scored there with its own weights (new tokens: fresh rows, never trained)."""
     from jobs import stages
     from jobs.index.snapshots import read_manifest
@@ -181,15 +220,14 @@ def measure_sequences(frame: pd.DataFrame, fold_in_epochs: int) -> dict:
 
     base = Path(tempfile.mkdtemp(prefix="fold-in-sequences-"))
     try:
-        before, arrived, _ = _split(frame)
         (base / "old").mkdir()
         (base / "new").mkdir()
-        before.to_csv(base / "old" / "ratings.csv", index=False)
-        pd.concat([before, arrived]).to_csv(base / "new" / "ratings.csv", index=False)
+        before.to_parquet(base / "old" / "events.parquet", index=False)
+        pd.concat([before, arrived]).to_parquet(base / "new" / "events.parquet", index=False)
         store = StoreLayout(base / "store")
         snapshots = []
         for part in ("old", "new"):
-            cfg = _events_config(base, "sequences", base / part)
+            cfg = make_config(base, "sequences", base / part)
             indexed = stages.index(cfg, store)
             directory = store.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
             snapshots.append((directory, read_manifest(directory)))
@@ -218,8 +256,9 @@ def measure_sequences(frame: pd.DataFrame, fold_in_epochs: int) -> dict:
                                                     "time": round(v["train_seconds"] / results["full"]["train_seconds"], 3)}
                                             for label, v in results.items() if label != "full"}
                                    for family, results in out.items()},
-                "epochs": {"full": {f: s["epochs"] for f, s in SEQUENCE_MODELS.items()},
-                           "fold_in_new": fold_in_epochs, "fold_in_all": fold_in_epochs}}
+                "epochs": {"full": {train.model: train.epochs for train in cfg.train},
+                           "fold_in_new": fold_in_epochs, "fold_in_all": fold_in_epochs},
+                "tokens": {"old": old_tokens, "new": snapshots[1][1].vocab["token"].size}}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -256,7 +295,7 @@ def synthetic(scale: int) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["movielens", "synthetic", "sequences"])
+    parser.add_argument("--only", choices=["movielens", "synthetic", "sequences", "events"])
     parser.add_argument("--sequence-fold-in-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--all-epochs", type=int, default=2)
@@ -269,8 +308,14 @@ def main() -> None:
                                              args.all_lr)
         print(results["movielens_100k"])
     if args.only in (None, "sequences"):
-        results["movielens_100k_sequences"] = measure_sequences(pd.read_csv(RATINGS), args.sequence_fold_in_epochs)
+        before, arrived, _ = _split(pd.read_csv(RATINGS))
+        results["movielens_100k_sequences"] = measure_sequences(before, arrived, _events_config,
+                                                                args.sequence_fold_in_epochs)
         print(results["movielens_100k_sequences"])
+    if args.only in (None, "events"):
+        results["synthetic_events"] = measure_sequences(*synthetic_events(), _synthetic_events_config,
+                                                        args.sequence_fold_in_epochs)
+        print(results["synthetic_events"])
     if args.only in (None, "synthetic"):
         results[f"synthetic_{args.scale}x"] = measure(synthetic(args.scale), "synthetic", args.epochs,
                                                       args.all_epochs, args.all_lr)
