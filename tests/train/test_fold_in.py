@@ -221,3 +221,37 @@ def test_the_gate_refuses_a_fold_in_worse_than_its_parent_on_the_same_validation
     assert decide(GateConfig(), "m", {**metric, "value": 0.91}, "new-snapshot", current, rescored).passed
     other_parent = decide(GateConfig(), "m", metric, "new-snapshot", current, {**rescored, "parent_run": "x"})
     assert other_parent.rule == "no floor"  # not a fold-in of the current version: another validation set
+
+
+def test_the_cli_folds_the_new_keys_in_from_the_current_version(ratings, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from jobs.publish.config import PublishConfig
+    from jobs.publish.job import run as publish
+
+    store, first, second, parent = ratings
+    publish(PublishConfig(gate={"enabled": False}), "demo", StoreLayout(store), parent.path, parent.result, *first)
+    config = tmp_path / "demo.toml"
+    config.write_text(f"""
+name = "demo"
+[index.input]
+path = "{Path(store).parent / 'all'}"
+columns = {{ user = "user", item = "item", rating = "rating", timestamp = "timestamp" }}
+[train]
+dim = 8
+epochs = 2
+batch_size = 128
+lr = 0.02
+threads = 1
+device = "cpu"
+""")
+    done = subprocess.run([sys.executable, "-m", "latentstore.cli", "train", str(config), "--store", str(store),
+                           "--fold-in", "new"], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    result = json.loads((StoreLayout(store).run_dir(summary["run_id"]) / "result.json").read_text())
+    assert summary["snapshot_id"] == second[1].snapshot_id
+    assert result["fold_in"]["parent_run"] == parent.run_id and result["fold_in"]["mode"] == "new"
