@@ -54,6 +54,8 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/sequences.py
 	$(PY) benchmarks/skipgram.py
 	$(PY) benchmarks/query.py
+	$(PY) benchmarks/registry.py
+	$(PY) benchmarks/fold_in.py
 
 bench-scale: $(BENCH_STAMP)
 	$(PY) benchmarks/scale.py
