@@ -59,28 +59,30 @@ def compact_records(store: StoreLayout, model: str, settled: set[int], at_least:
             if int(path.stem[1:]) in settled and not store.version_file(model, int(path.stem[1:])).exists()]
     if len(files) < (at_least or COMPACT_EVENTS_AT) or not done:
         return 0
-    lines = [json.dumps(read_json(path), sort_keys=True) for path in done]
-    atomic_write_text(directory / SEGMENTS / f"{done[-1].stem}.jsonl", "\n".join(lines) + "\n", read_only=True)
-    pause_point("compact:records")
-    for path in done:
-        path.unlink()
-    return len(done)
+    return _fold(done, directory / SEGMENTS, "compact:records", with_id=False)
 
 
 def compact_events(store: StoreLayout, at_least: int | None = None) -> int:
     """Move the event files but the newest into one segment once there are ``at_least``; returns how many
-    (call under the writer lock). The segment is complete before any file goes, and readers keep the first
-    copy of an id: a kill at any point leaves every event readable exactly once."""
+    (call under the writer lock)."""
     files = sorted(store.registry_events.glob("*.json")) if store.registry_events.is_dir() else []
     older = files[:-1]  # the newest stays a file: the loose glob current.sql reads always matches something
     if len(files) < (at_least or COMPACT_EVENTS_AT) or not older:
         return 0
-    lines = [json.dumps({**read_json(path), "id": path.stem}, sort_keys=True) for path in older]
-    atomic_write_text(store.event_segments / f"{older[-1].stem}.jsonl", "\n".join(lines) + "\n", read_only=True)
-    pause_point("compact:segment")
-    for path in older:
+    return _fold(older, store.event_segments, "compact:segment", with_id=True)
+
+
+def _fold(paths: list[Path], segments: Path, fault_point: str, with_id: bool) -> int:
+    """Write the records of ``paths`` (sorted) as one read-only JSON lines segment named by the last, each with
+    its file's name as ``id`` if ``with_id``, then delete the files. The segment is complete before any file
+    goes, and readers keep the first copy of a record: a kill at any point leaves each readable exactly once."""
+    lines = [json.dumps({**read_json(path), **({"id": path.stem} if with_id else {})}, sort_keys=True)
+             for path in paths]
+    atomic_write_text(segments / f"{paths[-1].stem}.jsonl", "\n".join(lines) + "\n", read_only=True)
+    pause_point(fault_point)
+    for path in paths:
         path.unlink()
-    return len(older)
+    return len(paths)
 
 
 def append_event(store: StoreLayout, model: str, event: str, *, from_version: int | None = None,

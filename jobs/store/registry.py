@@ -75,15 +75,8 @@ def version_records(store: StoreLayout, model: str | None = None) -> list[dict]:
     found = {}
     for name in [model] if model else published_models(store):
         directory = store.registry_versions / name
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                records = {r["version"]: r for r in segment_lines(directory / SEGMENTS)}
-                for path in directory.glob("v*.json"):
-                    records.setdefault(int(_VERSION_FILE.match(path.name).group(1)), read_json(path))
-                break
-            except FileNotFoundError:
-                if attempt == _READ_ATTEMPTS - 1:
-                    raise
+        records = _read_compacted(directory / SEGMENTS, directory, "v*.json", lambda r: (r["version"], r),
+                                  lambda path: int(_VERSION_FILE.match(path.name).group(1)))
         found.update({(name, version): record for version, record in records.items()})
     return [found[key] for key in sorted(found)]
 
@@ -199,18 +192,24 @@ _READ_ATTEMPTS = 5
 
 def _events_by_id(store: StoreLayout) -> list[tuple[str, dict]]:
     """(id, record) of every event, in time order (ids start with the event's time)."""
-    if not store.registry_events.is_dir():
-        return []
+    found = _read_compacted(store.event_segments, store.registry_events, "*.json",
+                            lambda line: (line["id"], {k: v for k, v in line.items() if k != "id"}),
+                            lambda path: path.stem)
+    return sorted(found.items())
+
+
+def _read_compacted(segments: Path, directory: Path, pattern: str, line_key, file_key) -> dict:
+    """key -> record, from the JSON lines ``segments`` first (``line_key(line)`` is (key, record)), then from
+    the files of ``directory`` matching ``pattern`` not compacted yet (``file_key(path)``). A compaction that
+    deletes a listed file before it is read means the segment holds it now: the read starts again."""
     for attempt in range(_READ_ATTEMPTS):
         try:
-            found = {}
-            for line in segment_lines(store.event_segments):
-                record = dict(line)
-                found[record.pop("id")] = record
-            for path in sorted(store.registry_events.glob("*.json")):
-                if path.stem not in found:
-                    found[path.stem] = read_json(path)
-            return sorted(found.items())
+            found = dict(line_key(line) for line in segment_lines(segments))
+            for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
+                key = file_key(path)
+                if key not in found:
+                    found[key] = read_json(path)
+            return found
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise
