@@ -158,8 +158,8 @@ def run_id_of(store: StoreLayout, snapshot_id: str, train_cfg) -> str:
 
     if train_cfg.warm_start is None:
         return run_id_for(snapshot_id, train_cfg)
-    resolved = fold_in.resolve(train_cfg, store)
-    return fold_in.parent_on(resolved, store, snapshot_id, RESULT) or run_id_for(snapshot_id, resolved)
+    resolved, unchanged = fold_in.resolve(train_cfg, store, snapshot_id, RESULT)
+    return unchanged or run_id_for(snapshot_id, resolved)
 
 
 def _finished_run_id(store: StoreLayout, snapshot_id: str, train_cfg) -> str:

@@ -57,26 +57,21 @@ class WarmStart:
                 "rows_folded_in": {vocab: sizes[vocab] - self.sizes.get(vocab, 0) for vocab in sorted(sizes)}}
 
 
-def resolve(cfg, store: StoreLayout):
-    """``cfg`` with ``warm_start`` naming a run: "current" becomes the run of the model's current version (so
-    the run id, which hashes the config, changes with it)."""
-    if cfg.warm_start != "current":
-        return cfg
-    version = current_version(store, cfg.name)
-    if version is None:
-        raise ConfigError(f"train.warm_start = \"current\" ({cfg.name}): {cfg.name} has no current version in "
-                          f"{store.root}; train it in full first (no warm_start)")
-    run_id = read_json(store.version_record(cfg.name, version))["run_id"]
-    return cfg.model_copy(update={"warm_start": run_id})
+def resolve(cfg, store: StoreLayout, snapshot_id: str, result_name: str):
+    """(``cfg`` with ``warm_start`` naming a run, that run when it trained on ``snapshot_id`` itself, else None).
 
-
-def parent_on(cfg, store: StoreLayout, snapshot_id: str, result_name: str) -> str | None:
-    """The warm start's run when it trained on ``snapshot_id`` itself: nothing was appended since, so it is
-    the result (an hourly fold-in on unchanged data must not train again and again)."""
-    if cfg.warm_start is None:
-        return None
+    "current" becomes the run of the model's current version, so the run id, which hashes the config, changes
+    with it. A parent that trained on this very snapshot is the result: nothing was appended since (an hourly
+    fold-in on unchanged data must not train again and again)."""
+    if cfg.warm_start == "current":
+        version = current_version(store, cfg.name)
+        if version is None:
+            raise ConfigError(f"train.warm_start = \"current\" ({cfg.name}): {cfg.name} has no current version "
+                              f"in {store.root}; train it in full first (no warm_start)")
+        cfg = cfg.model_copy(update={"warm_start": read_json(store.version_record(cfg.name, version))["run_id"]})
     path = store.run_dir(cfg.warm_start) / result_name
-    return cfg.warm_start if path.is_file() and read_json(path)["snapshot_id"] == snapshot_id else None
+    unchanged = path.is_file() and read_json(path)["snapshot_id"] == snapshot_id
+    return cfg, cfg.warm_start if unchanged else None
 
 
 def load(cfg, store: StoreLayout, manifest: Manifest, result_name: str) -> WarmStart:
@@ -145,21 +140,17 @@ class Frozen:
     """The parent's rows of every weight, put back after each step (``fold_in = "new"``)."""
 
     def __init__(self, module: nn.Module, warm: WarmStart):
-        self.kept = []
-        for name, tensor in module.state_dict().items():
-            old = warm.weights[name]
-            self.kept.append((tensor, old.shape[0] if old.dim() else None, tensor[:old.shape[0]].clone()
-                              if old.dim() else tensor.clone()))
+        # views of the parent's rows in the live weights (a 0-d weight whole); updates are in place, so they stay
+        views = [tensor[:warm.weights[name].shape[0]] if tensor.dim() else tensor
+                 for name, tensor in module.state_dict().items()]
+        self.kept = [(view, view.clone()) for view in views]
 
     def restore(self) -> None:
         import torch
 
         with torch.no_grad():
-            for tensor, rows, saved in self.kept:
-                if rows is None:
-                    tensor.copy_(saved)
-                else:
-                    tensor[:rows].copy_(saved)
+            for view, saved in self.kept:
+                view.copy_(saved)
 
 
 def apply(module: nn.Module, warm: WarmStart) -> Frozen | None:

@@ -92,8 +92,7 @@ def run(
     if cfg.warm_start is not None:
         if world > 1:
             raise ConfigError(f"train.warm_start ({cfg.name}): a fold-in trains in one process, not {world}")
-        cfg = fold_in.resolve(cfg, store)  # "current" -> its run id, part of this run's id
-        unchanged = fold_in.parent_on(cfg, store, manifest.snapshot_id, RESULT)
+        cfg, unchanged = fold_in.resolve(cfg, store, manifest.snapshot_id, RESULT)  # "current" -> a run id
         if unchanged is not None:
             log.info("%s: run %s already trained on snapshot %s: nothing to fold in", cfg.name, unchanged,
                      manifest.snapshot_id)
