@@ -95,27 +95,32 @@ def _predict(result, snapshot: Path, held: pd.DataFrame, fallback: float) -> tup
     return rmse, float(known.mean())
 
 
-def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int, all_lr: float | None = None) -> dict:
+def _snapshots(base: Path, before: pd.DataFrame, arrived: pd.DataFrame, make_config):
+    """(the config, the store, [(directory, manifest)] of the old snapshot and its rebuild with the arrivals):
+    the index job on ``before``, then on ``before`` + ``arrived`` (indices kept, new keys appended)."""
     from jobs import stages
     from jobs.index.snapshots import read_manifest
-    from jobs.train.job import run
     from schemas.store import StoreLayout
+
+    store, snapshots = StoreLayout(base / "store"), []
+    for part, rows in (("old", before), ("new", pd.concat([before, arrived]))):
+        (base / part).mkdir()
+        rows.to_parquet(base / part / "input.parquet", index=False)
+        cfg = make_config(base / part)
+        indexed = stages.index(cfg, store)
+        directory = store.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
+        snapshots.append((directory, read_manifest(directory)))
+    assert snapshots[1][1].parent == snapshots[0][1].snapshot_id  # a rebuild of the old snapshot
+    return cfg, store, snapshots
+
+
+def measure(frame: pd.DataFrame, name: str, epochs: int, all_epochs: int, all_lr: float | None = None) -> dict:
+    from jobs.train.job import run
 
     base = Path(tempfile.mkdtemp(prefix=f"fold-in-{name}-"))
     try:
         before, arrived, held = _split(frame)
-        (base / "old").mkdir()
-        (base / "new").mkdir()
-        before.to_csv(base / "old" / "ratings.csv", index=False)
-        pd.concat([before, arrived]).to_csv(base / "new" / "ratings.csv", index=False)
-        store = StoreLayout(base / "store")
-        snapshots = []
-        for part in ("old", "new"):
-            cfg = _config(base, name, base / part, epochs)
-            indexed = stages.index(cfg, store)
-            directory = store.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
-            snapshots.append((directory, read_manifest(directory)))
-        assert snapshots[1][1].parent == snapshots[0][1].snapshot_id
+        cfg, store, snapshots = _snapshots(base, before, arrived, lambda data: _config(base, name, data, epochs))
         train_cfg = cfg.model()
         old = run(train_cfg, store, *snapshots[0])
         contenders = {
@@ -213,24 +218,11 @@ def synthetic_events(launched_share: float = 0.3) -> tuple[pd.DataFrame, pd.Data
 def measure_sequences(before: pd.DataFrame, arrived: pd.DataFrame, make_config, fold_in_epochs: int) -> dict:
     """skipgram and gru: HR@10 on the rebuilt snapshot's held-out next events (each user's last). The old
     version is scored there with its own weights (new tokens: fresh rows, never trained)."""
-    from jobs import stages
-    from jobs.index.snapshots import read_manifest
     from jobs.train.job import run
-    from schemas.store import StoreLayout
 
     base = Path(tempfile.mkdtemp(prefix="fold-in-sequences-"))
     try:
-        (base / "old").mkdir()
-        (base / "new").mkdir()
-        before.to_parquet(base / "old" / "events.parquet", index=False)
-        pd.concat([before, arrived]).to_parquet(base / "new" / "events.parquet", index=False)
-        store = StoreLayout(base / "store")
-        snapshots = []
-        for part in ("old", "new"):
-            cfg = make_config(base, "sequences", base / part)
-            indexed = stages.index(cfg, store)
-            directory = store.snapshot_dir(cfg.index.dataset, indexed["snapshot_id"])
-            snapshots.append((directory, read_manifest(directory)))
+        cfg, store, snapshots = _snapshots(base, before, arrived, lambda data: make_config(base, "sequences", data))
         old_tokens = snapshots[0][1].vocab["token"].size
         out = {}
         for train_cfg in cfg.train:
