@@ -143,10 +143,20 @@ def test_the_flow_folds_the_new_keys_of_a_grown_input_into_the_current_version(p
         (tmp_path / name).mkdir()
         pq.write_table(rows, tmp_path / name / "ratings.parquet")
     config = tmp_path / "grown.toml"
-    config.write_text(CONFIG.split("[publish.map]")[0].replace('name = "flowdemo"', 'name = "grown"').replace(
-        "[index.input.synthetic]\nusers = 150\nitems = 60\nclusters = 3\nratings_per_user = 15\nseed = 3\n",
-        '[index.input]\npath = "old"\ncolumns = { user = "user", item = "item", rating = "rating", '
-        'timestamp = "timestamp" }\n'))
+    config.write_text("""
+name = "grown"
+[index.input]
+path = "old"
+columns = { user = "user", item = "item", rating = "rating", timestamp = "timestamp" }
+[index.spark]
+master = "local[2]"
+[train]
+dim = 8
+epochs = 2
+threads = 1
+[publish]
+hnsw_min_rows = 100
+""")
     store = str(tmp_path / "store")
     first = pipeline(str(config), store)["models"]["grown"]
     folded = pipeline(str(config), store, input_path=str(tmp_path / "all"), fold_in="new")["models"]["grown"]
