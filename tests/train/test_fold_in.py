@@ -101,6 +101,17 @@ def test_new_mode_moves_only_the_appended_rows_and_learns_the_new_users(ratings)
     assert rmse < untrained, (rmse, untrained)  # the steps, not the parent's rows, made the new users' vectors
 
 
+def test_a_fold_in_under_bf16_autocast_keeps_the_parents_rows(ratings):
+    """The CUDA path (bf16 autocast) on CPU: the weights stay float32 and the parent's rows bitwise its own."""
+    store, _, second, parent = ratings
+    folded = _fold_in(store, second, parent, "new", epochs=1, precision="bf16")
+    before, after = _weights(parent), _weights(folded)
+    for name, old in before.items():
+        assert after[name].dtype == old.dtype and torch.equal(after[name][:old.shape[0]], old), name
+    assert not torch.equal(after["user.weight"][-40:], _weights(_fold_in(store, second, parent, "new", epochs=1,
+                                                                              lr=1e-9))["user.weight"][-40:])
+
+
 def test_all_mode_moves_every_row_and_a_run_id_names_its_parent(ratings):
     store, _, second, parent = ratings
     folded = _fold_in(store, second, parent, "all")
